@@ -1,0 +1,163 @@
+"""Build the layer graph of a checkpoint's model from its config, on the `meta` device."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.blocks import group_blocks
+from hf2kh.inspect.graph import LayerGraph, ModuleNode, ParamInfo, TiedParam
+from hf2kh.inspect.record import Recording, record_forward
+
+SAMPLE_BATCH = 2
+SAMPLE_LENGTH = 8
+
+
+def model_class_for(config, trust_remote_code: bool = False):
+    """The transformers class named by `config.architectures`, else the task-less AutoModel.
+
+    Only used to instantiate the checkpoint's own model; recognition never reads the name.
+    """
+    import transformers
+
+    for arch in config.architectures or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and auto_map:
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        if "AutoModelForCausalLM" in auto_map:
+            return AutoModelForCausalLM
+        return AutoModel
+    from transformers import AutoModel
+
+    return AutoModel
+
+
+def instantiate(
+    config, device: str = "meta", dtype: torch.dtype | None = None, trust_remote_code=False
+):
+    """The model built from `config` on `device` (no weights are read)."""
+    cls = model_class_for(config, trust_remote_code)
+    # Eager attention: its matmuls, scaling, mask and softmax are recorded as separate calls, and
+    # it is the float32 reference transformers itself tests against.
+    kwargs: dict[str, Any] = {"attn_implementation": "eager"}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    try:
+        with torch.device(device):
+            if hasattr(cls, "from_config"):
+                model = cls.from_config(config, **kwargs)
+            else:
+                model = cls._from_config(config, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means transformers cannot build it
+        raise UnsupportedModelError(
+            f"transformers cannot build {cls.__name__} from this config: {_one_line(exc)}"
+        ) from exc
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def sample_inputs(config, device: str = "meta") -> dict[str, torch.Tensor]:
+    """A small padded batch; values do not matter on `meta`, only shapes."""
+    shape = (SAMPLE_BATCH, SAMPLE_LENGTH)
+    vocab = int(getattr(config, "vocab_size", 2) or 2)
+    ids = (torch.arange(SAMPLE_BATCH * SAMPLE_LENGTH) % max(vocab - 1, 1) + 1).reshape(shape)
+    mask = torch.ones(shape, dtype=torch.long)
+    mask[1, : SAMPLE_LENGTH // 4] = 0  # left padding in the second row
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def build_graph(config, trust_remote_code: bool = False) -> LayerGraph:
+    """Instantiate on `meta`, walk modules and parameters, record a sample forward."""
+    model = instantiate(config, "meta", trust_remote_code=trust_remote_code)
+    inputs = sample_inputs(config, "meta")
+    try:
+        recording, _ = record_forward(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - a model whose forward cannot run on meta
+        raise UnsupportedModelError(
+            f"the sample forward of {type(model).__name__} failed on the meta device: {_one_line(exc)}"
+        ) from exc
+    return graph_from_model(model, config, inputs, recording)
+
+
+def graph_from_model(model, config, inputs, recording: Recording) -> LayerGraph:
+    parameters = [
+        ParamInfo(name, tuple(p.shape), _dtype(p), name.rpartition(".")[0])
+        for name, p in model.named_parameters()
+    ]
+    canonical: dict[int, str] = {}
+    tied: list[TiedParam] = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in canonical and canonical[id(p)] != name:
+            tied.append(TiedParam(name, canonical[id(p)]))
+        canonical.setdefault(id(p), name)
+    buffers = [
+        ParamInfo(name, tuple(b.shape), _dtype(b), name.rpartition(".")[0])
+        for name, b in model.named_buffers()
+    ]
+    modules: list[ModuleNode] = []
+    calls_by_module: dict[str, list[int]] = {}
+    for call in recording.calls:
+        if call.kind == "module":
+            calls_by_module.setdefault(call.target, []).append(call.index)
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        modules.append(
+            ModuleNode(
+                path=path,
+                class_name=type(module).__name__,
+                class_module=type(module).__module__,
+                num_params=sum(p.numel() for p in module.parameters()),
+                param_names=[f"{prefix}{n}" for n, _ in module.named_parameters(recurse=False)],
+                children=[f"{prefix}{n}" for n, _ in module.named_children()],
+                attributes=_scalar_attributes(module),
+                calls=calls_by_module.get(path, []),
+            )
+        )
+    graph = LayerGraph(
+        model_type=getattr(config, "model_type", ""),
+        architectures=list(getattr(config, "architectures", None) or []),
+        model_class=type(model).__name__,
+        config=_json_safe(config.to_dict()),
+        sample_input={k: list(v.shape) for k, v in inputs.items()},
+        parameters=parameters,
+        tied=tied,
+        buffers=buffers,
+        modules=modules,
+        calls=recording.calls,
+        values=recording.values,
+        block_groups=[],
+    )
+    graph.block_groups = group_blocks(graph)
+    return graph
+
+
+def _scalar_attributes(module: torch.nn.Module) -> dict[str, Any]:
+    """Plain scalar settings a module keeps (eps, head counts, window, attention type...)."""
+    found: dict[str, Any] = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training":
+            continue
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            found[key] = value
+    return found
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _json_safe(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=repr))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,223 @@
+"""Record one forward pass: module calls via hooks, every torch call via a TorchFunctionMode.
+
+Each tensor that appears is given a value id the first time it is seen (by object identity; the
+recorder keeps a reference to every tensor so identities are never reused). A call's inputs and
+outputs are value ids, so the recorded list of calls is the model's dataflow graph, including the
+functional code between modules (residual adds, rotary, scaling, masks).
+
+The recorder works on any device, `meta` included: there a forward costs no memory and gives the
+exact shapes of a model of any size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from hf2kh.inspect.graph import Call, Value
+
+# Tensor methods/properties that only read metadata; they carry no dataflow.
+_METADATA_CALLS = {
+    "__get__",
+    "__set__",
+    "size",
+    "dim",
+    "numel",
+    "is_floating_point",
+    "is_complex",
+    "_set_grad_enabled",
+    "__len__",
+    "__bool__",
+    "__format__",
+    "__repr__",
+    "element_size",
+    "get_device",
+    "is_contiguous",
+    "data_ptr",
+    "stride",
+    "__torch_function__",
+}
+
+
+def flatten_tensors(obj: Any) -> list[torch.Tensor]:
+    """All tensors in a (nested) structure of tuples, lists, dicts and ModelOutputs."""
+    found: list[torch.Tensor] = []
+    stack = [obj]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack[0:0] = list(item)
+        elif isinstance(item, dict):
+            stack[0:0] = list(item.values())
+        elif hasattr(item, "to_tuple") and callable(item.to_tuple):
+            stack[0:0] = list(item.to_tuple())
+    return found
+
+
+@dataclass
+class Recording:
+    calls: list[Call] = field(default_factory=list)
+    values: list[Value] = field(default_factory=list)
+    # Value id -> the tensor itself (kept alive so identities stay unique; meta tensors are free).
+    tensors: dict[int, torch.Tensor] = field(default_factory=dict)
+    module_inputs: dict[int, tuple[tuple, dict]] = field(default_factory=dict)
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, named_tensors: dict[int, str], keep_module_inputs: Iterable[str] = ()):
+        super().__init__()
+        self.rec = Recording()
+        self._ids: dict[int, int] = {}
+        self._sources = named_tensors  # id(tensor) -> "param:..."/"buffer:..."/"input:..."
+        self.scope: list[str] = [""]
+        self._pending: dict[int, int] = {}  # id(module) -> open call index (a stack per module)
+        self._open: list[tuple[int, int]] = []
+        self._keep_inputs = set(keep_module_inputs)
+        self.active = True
+
+    # -- values ------------------------------------------------------------------------------
+    def value_id(self, tensor: torch.Tensor, producer: int | None = None) -> int:
+        key = id(tensor)
+        if key in self._ids:
+            return self._ids[key]
+        vid = len(self.rec.values)
+        if producer is not None:
+            source = f"call:{producer}"
+        else:
+            source = self._sources.get(key, "external")
+        self._ids[key] = vid
+        self.rec.tensors[vid] = tensor
+        self.rec.values.append(
+            Value(
+                vid,
+                tuple(int(s) for s in tensor.shape),
+                str(tensor.dtype).removeprefix("torch."),
+                source,
+            )
+        )
+        return vid
+
+    def _known(self, tensor: torch.Tensor) -> bool:
+        return id(tensor) in self._ids
+
+    # -- torch functions ---------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", None) or str(func)
+        if not self.active or name in _METADATA_CALLS:
+            return out
+        in_tensors = flatten_tensors((args, kwargs))
+        out_tensors = [t for t in flatten_tensors(out) if not any(t is i for i in in_tensors)]
+        if not in_tensors and not out_tensors:
+            return out
+        index = len(self.rec.calls)
+        call = Call(
+            index=index,
+            kind="function",
+            target=name,
+            scope=self.scope[-1],
+            inputs=[self.value_id(t) for t in in_tensors],
+            outputs=[],
+            constants=_constants((args, kwargs)),
+        )
+        self.rec.calls.append(call)
+        for t in out_tensors:
+            if not self._known(t):
+                call.outputs.append(self.value_id(t, producer=index))
+            else:
+                call.outputs.append(self.value_id(t))
+        return out
+
+    # -- module hooks ------------------------------------------------------------------------
+    def pre_hook(self, path: str):
+        def hook(module, args, kwargs):
+            if not self.active:
+                return None
+            index = len(self.rec.calls)
+            tensors = flatten_tensors((args, kwargs))
+            self.rec.calls.append(
+                Call(
+                    index=index,
+                    kind="module",
+                    target=path,
+                    scope=self.scope[-1],
+                    inputs=[self.value_id(t) for t in tensors],
+                    outputs=[],
+                )
+            )
+            if path in self._keep_inputs:
+                self.rec.module_inputs.setdefault(index, (args, dict(kwargs)))
+            self._open.append((id(module), index))
+            self.scope.append(path)
+            return None
+
+        return hook
+
+    def post_hook(self, path: str):
+        def hook(module, args, kwargs, output):
+            if not self.active:
+                return None
+            self.scope.pop()
+            _, index = self._open.pop()
+            call = self.rec.calls[index]
+            for t in flatten_tensors(output):
+                call.outputs.append(self.value_id(t, producer=None if self._known(t) else index))
+            return None
+
+        return hook
+
+
+def _constants(obj: Any) -> list[str]:
+    """Short reprs of the non-tensor scalar arguments (e.g. the 0.5 of `x * 0.5`)."""
+    found: list[str] = []
+    stack = [obj]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, (list, tuple)):
+            stack[0:0] = list(item)
+        elif isinstance(item, dict):
+            stack[0:0] = list(item.values())
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, (int, float)):
+            found.append(repr(item))
+    return found[:8]
+
+
+def record_forward(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    keep_module_inputs: Iterable[str] = (),
+) -> tuple[Recording, Any]:
+    """Run `model(**inputs)` once and record its calls. Returns the recording and the output."""
+    named: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        named.setdefault(id(p), f"param:{name}")
+    for name, b in model.named_buffers():
+        named.setdefault(id(b), f"buffer:{name}")
+    for name, t in inputs.items():
+        named[id(t)] = f"input:{name}"
+    recorder = _Recorder(named, keep_module_inputs)
+    handles = []
+    for path, module in model.named_modules():
+        if path == "":
+            continue
+        handles.append(module.register_forward_pre_hook(recorder.pre_hook(path), with_kwargs=True))
+        handles.append(module.register_forward_hook(recorder.post_hook(path), with_kwargs=True))
+    for t in inputs.values():
+        recorder.value_id(t)
+    try:
+        with torch.no_grad(), recorder:
+            output = model(**inputs)
+    finally:
+        recorder.active = False
+        for h in handles:
+            h.remove()
+    return recorder.rec, output
