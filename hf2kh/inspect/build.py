@@ -76,6 +76,11 @@ def sample_inputs(config, device: str = "meta") -> dict[str, torch.Tensor]:
 
 def build_graph(config, trust_remote_code: bool = False) -> LayerGraph:
     """Instantiate on `meta`, walk modules and parameters, record a sample forward."""
+    return build_graph_and_model(config, trust_remote_code)[0]
+
+
+def build_graph_and_model(config, trust_remote_code: bool = False):
+    """The layer graph and the meta-device model it was recorded from (for probes)."""
     model = instantiate(config, "meta", trust_remote_code=trust_remote_code)
     inputs = sample_inputs(config, "meta")
     try:
@@ -84,7 +89,7 @@ def build_graph(config, trust_remote_code: bool = False) -> LayerGraph:
         raise UnsupportedModelError(
             f"the sample forward of {type(model).__name__} failed on the meta device: {_one_line(exc)}"
         ) from exc
-    return graph_from_model(model, config, inputs, recording)
+    return graph_from_model(model, config, inputs, recording), model
 
 
 def graph_from_model(model, config, inputs, recording: Recording) -> LayerGraph:

@@ -1,0 +1,505 @@
+"""Recognize a decoder-only language model from its layer graph, by evidence.
+
+Roles (token embedding, blocks, attention, MLP, norms, head) come from the recorded dataflow:
+which module reads `input_ids`, which child of a block runs a softmax, which projection feeds
+the query/key/value operands of the attention matmuls, which value an `add` combines. Kinds
+(RMSNorm vs LayerNorm, the activation, Linear vs Conv1D layouts, rope scaling) come from numeric
+probes. Counts and constants come from parameter shapes and the modules' own settings.
+`model_type` and class names are only reported, never decided on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.dataflow import block_steps, derives_from, first_call
+from hf2kh.inspect.graph import Call, LayerGraph
+from hf2kh.recognize import probes
+from hf2kh.recognize.spec import (
+    AttentionSpec,
+    EmbeddingSpec,
+    MlpSpec,
+    ModelSpec,
+    NormSpec,
+    RopeSpec,
+    WeightRef,
+)
+
+
+class _Graph:
+    """Small helpers over one graph + its meta model."""
+
+    def __init__(self, graph: LayerGraph, model: torch.nn.Module):
+        self.g = graph
+        self.model = model
+        self.shapes = {p.name: p.shape for p in graph.parameters}
+
+    def own_params(self, path: str) -> dict[str, tuple[int, ...]]:
+        node = self.g.module(path)
+        return {n.rpartition(".")[2]: self.shapes[n] for n in node.param_names}
+
+    def subtree_params(self, path: str) -> dict[str, tuple[int, ...]]:
+        prefix = f"{path}."
+        return {n: s for n, s in self.shapes.items() if n.startswith(prefix)}
+
+    def calls_within(self, path: str) -> list[Call]:
+        head = first_call(self.g, path)
+        prefix = f"{path}."
+        found = []
+        for call in self.g.calls[head.index + 1 :]:
+            if not (call.scope == path or call.scope.startswith(prefix)):
+                break
+            found.append(call)
+        return found
+
+    def is_norm(self, path: str) -> bool:
+        params = self.subtree_params(path)
+        return bool(params) and all(len(s) == 1 for s in params.values())
+
+    def is_projection(self, path: str) -> bool:
+        own = self.own_params(path)
+        return "weight" in own and len(own["weight"]) == 2
+
+    def out(self, path: str) -> int:
+        return first_call(self.g, path).outputs[0]
+
+    def inp(self, path: str) -> int:
+        return first_call(self.g, path).inputs[0]
+
+    def derives(self, value: int, source: int) -> bool:
+        return derives_from(self.g, value, source)
+
+    def submodule(self, path: str) -> torch.nn.Module:
+        return self.model.get_submodule(path)
+
+
+def recognize_decoder(
+    graph: LayerGraph, model: torch.nn.Module, config, *, name: str, source: str, revision
+) -> ModelSpec:
+    G = _Graph(graph, model)
+    evidence = [f"reported by the checkpoint (not used to decide): model_type={graph.model_type!r}"]
+
+    # -- embeddings ------------------------------------------------------------------------
+    input_value = next(v.id for v in graph.values if v.source == "input:input_ids")
+    module_calls = [c for c in graph.calls if c.kind == "module"]
+    embed = next(
+        (
+            c.target
+            for c in module_calls
+            if c.inputs and G.derives(c.inputs[0], input_value) and G.is_projection(c.target)
+        ),
+        None,
+    )
+    if embed is None:
+        raise UnsupportedModelError("no module reads input_ids through an embedding table")
+    vocab_size, hidden_dim = G.own_params(embed)["weight"]
+    evidence.append(f"token embedding: {embed} reads input_ids, table {vocab_size}x{hidden_dim}")
+
+    if not graph.block_groups:
+        raise UnsupportedModelError("no repeated transformer blocks found")
+    group = max(graph.block_groups, key=lambda g: len(g.indices))
+    if not group.identical:
+        diffs = "; ".join(d for v in group.variants for d in v.differences)
+        raise UnsupportedModelError(f"blocks of {group.container} are not all alike ({diffs})")
+    blocks = [f"{group.container}.{i}" for i in group.indices]
+    block0 = blocks[0]
+    block_call = first_call(graph, block0)
+    last_block_call = first_call(graph, blocks[-1])
+    evidence.append(f"{len(blocks)} identical blocks {group.container}.N ({group.class_name})")
+
+    stem_modules = [
+        c.target
+        for c in module_calls
+        if c.index < block_call.index and not c.target.startswith(f"{group.container}.")
+    ]
+    positions = [
+        p
+        for p in stem_modules
+        if p != embed and G.is_projection(p) and G.own_params(p)["weight"][-1] == hidden_dim
+        and not G.derives(first_call(graph, p).inputs[0], input_value)
+    ]
+    rotary = [
+        p
+        for p in stem_modules
+        if not G.subtree_params(p)
+        and not G.own_params(p)
+        and set(first_call(graph, p).outputs) & set(block_call.inputs[1:])
+    ]
+
+    # -- block layout --------------------------------------------------------------------------
+    children = [s for s in block_steps(graph, block0) if s.is_module]
+    child_paths = [f"{block0}.{s.name}" for s in children]
+    attn = next((p for p in child_paths if any(c.target == "softmax" for c in G.calls_within(p))), None)
+    if attn is None:
+        raise UnsupportedModelError(f"no child of {block0} computes a softmax attention")
+    norms = [p for p in child_paths if G.is_norm(p)]
+    mlps = [p for p in child_paths if p not in norms and p != attn]
+    if len(mlps) != 1:
+        raise UnsupportedModelError(f"expected one MLP in {block0}, found {mlps}")
+    mlp = mlps[0]
+    block_in = block_call.inputs[0]
+    attn_in, attn_out, mlp_in = G.inp(attn), G.out(attn), G.inp(mlp)
+    parallel = not G.derives(mlp_in, attn_out)
+    attn_norm = next((n for n in norms if G.out(n) == attn_in), None)
+    mlp_norm = next((n for n in norms if G.out(n) == mlp_in), None)
+    if attn_norm is None or mlp_norm is None or G.inp(attn_norm) != block_in:
+        raise UnsupportedModelError(
+            f"{block0} is not a pre-norm block (norms {norms} do not feed attention and MLP)"
+        )
+    extra_norms = [n for n in norms if n not in (attn_norm, mlp_norm)]
+    if extra_norms:
+        raise UnsupportedModelError(f"{block0} has extra norms {extra_norms} (sandwich norm)")
+    if parallel and G.inp(mlp_norm) != block_in:
+        raise UnsupportedModelError(f"{block0}: parallel MLP does not read the block input")
+    if not parallel and not G.derives(G.inp(mlp_norm), attn_out):
+        raise UnsupportedModelError(f"{block0}: MLP input does not follow the attention residual")
+    layout = "parallel" if parallel else "sequential"
+    evidence.append(
+        f"block: {'attention and MLP read the block input (parallel)' if parallel else 'norm -> attention -> add -> norm -> MLP -> add'}"
+    )
+
+    norm = _norm_spec(G, attn_norm, hidden_dim)
+    if _norm_spec(G, mlp_norm, hidden_dim) != norm:
+        raise UnsupportedModelError(f"{attn_norm} and {mlp_norm} normalize differently")
+    evidence.append(f"norm: {norm} (probed {type(G.submodule(attn_norm)).__name__})")
+
+    attention, attn_weights = _attention_spec(G, attn, hidden_dim, block0, evidence)
+    mlp_spec, mlp_weights = _mlp_spec(G, mlp, hidden_dim, block0, evidence)
+
+    # -- final norm and head -----------------------------------------------------------------
+    after = [c for c in module_calls if c.index > last_block_call.index and c.scope != blocks[-1]]
+    after = [c for c in after if not c.target.startswith(f"{blocks[-1]}.")]
+    head = next(
+        (c.target for c in after if graph.value(c.outputs[0]).shape[-1] == vocab_size
+         and G.is_projection(c.target)),
+        None,
+    )
+    if head is None:
+        raise UnsupportedModelError("no language-model head producing vocabulary logits")
+    final_norm = next((c.target for c in after if G.is_norm(c.target)), None)
+    if final_norm is not None and _norm_spec(G, final_norm, hidden_dim) != norm:
+        raise UnsupportedModelError(f"final norm {final_norm} differs from the block norms")
+    if "bias" in G.own_params(head):
+        raise UnsupportedModelError(f"the LM head {head} has a bias, not supported yet")
+    tied_names = {t.name: t.target for t in graph.tied}
+    tied = tied_names.get(f"{head}.weight") == f"{embed}.weight"
+    evidence.append(f"LM head {head}: {'tied to' if tied else 'separate from'} the token embedding")
+
+    # -- positions and embedding scale ---------------------------------------------------------
+    rope = None
+    max_positions = None
+    if positions:
+        max_positions = G.own_params(positions[0])["weight"][0]
+        evidence.append(f"learned positions: {positions[0]} ({max_positions} rows)")
+    elif rotary:
+        rope = _rope_spec(G, rotary[0], config, attention.head_dim, evidence)
+    else:
+        raise UnsupportedModelError("no position information found (no rope, no learned positions)")
+    scale = _embedding_scale(G, embed, positions[0] if positions else None, block0, group.container, head)
+    if scale is not None:
+        evidence.append(f"token embeddings are scaled by {scale:.6g} before the first block")
+
+    weights: dict[str, WeightRef] = {
+        "block": WeightRef(f"{group.container}.{{i}}", "prefix"),
+        "embed": WeightRef(f"{embed}.weight", "embedding"),
+    }
+    if positions:
+        weights["pos_embed"] = WeightRef(f"{positions[0]}.weight", "embedding")
+    if not tied:
+        weights["lm_head"] = WeightRef(f"{head}.weight", "linear")
+    if final_norm is not None:
+        weights.update(_norm_weights(G, final_norm, "final_norm", ""))
+    block_prefix = f"{group.container}.{{i}}"
+    for role_prefix, path in (("attn_norm", attn_norm), ("mlp_norm", mlp_norm)):
+        if role_prefix == "mlp_norm" and path == attn_norm:
+            continue
+        weights.update(_norm_weights(G, path, role_prefix, block0, block_prefix))
+    weights.update(attn_weights)
+    weights.update(mlp_weights)
+    shared_norm = parallel and mlp_norm == attn_norm
+
+    spec = ModelSpec(
+        name=name,
+        class_prefix="".join(part.capitalize() for part in name.split("_")),
+        source=source,
+        revision=revision,
+        task="causal_lm",
+        hf_model_class=type(model).__name__,
+        hf_block_class=group.class_name,
+        hf_attention_class=type(G.submodule(attn)).__name__,
+        hf_mlp_class=type(G.submodule(mlp)).__name__,
+        hf_norm_class=type(G.submodule(attn_norm)).__name__,
+        num_layers=len(blocks),
+        embedding=EmbeddingSpec(
+            vocab_size=vocab_size,
+            hidden_dim=hidden_dim,
+            scale=scale,
+            position="learned" if positions else "rope",
+            max_positions=max_positions,
+            tie_word_embeddings=tied,
+        ),
+        rope=rope,
+        block_layout="parallel_shared_norm" if shared_norm else layout,
+        norm=norm,
+        attention=attention,
+        mlp=mlp_spec,
+        final_norm=final_norm is not None,
+        weights=weights,
+        bos_token_id=_token_id(config, "bos_token_id"),
+        eos_token_id=_token_id(config, "eos_token_id"),
+        pad_token_id=_token_id(config, "pad_token_id"),
+        evidence=evidence,
+    )
+    return spec
+
+
+def _token_id(config, key: str) -> int | None:
+    value = getattr(config, key, None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value
+
+
+def _epsilons(G: _Graph, path: str) -> list[float]:
+    attrs = G.g.module(path).attributes
+    found = [float(v) for k, v in attrs.items() if "eps" in k and isinstance(v, float)]
+    return found or [1e-5, 1e-6, 1e-12]
+
+
+def _norm_spec(G: _Graph, path: str, width: int) -> NormSpec:
+    kind, eps, offset = probes.probe_norm(G.submodule(path), width, _epsilons(G, path))
+    return NormSpec(kind, eps, offset, bias="bias" in G.own_params(path))
+
+
+def _norm_weights(G: _Graph, path: str, role: str, block0: str, block_prefix: str = ""):
+    rel = path[len(block0) + 1 :] if block0 else path
+    base = f"{block_prefix}.{rel}" if block_prefix else path
+    refs = {f"{role}.gamma": WeightRef(f"{base}.weight", "vector")}
+    if "bias" in G.own_params(path):
+        refs[f"{role}.beta"] = WeightRef(f"{base}.bias", "vector")
+    return refs
+
+
+def _rel_name(path: str, block0: str) -> str:
+    return path[len(block0) + 1 :]
+
+
+def _proj_weights(G: _Graph, role: str, path: str, block0: str, width: int):
+    layout, bias = probes.probe_projection(G.submodule(path), width)
+    base = "{i}".join([block0.rpartition(".")[0] + ".", "." + _rel_name(path, block0)])
+    refs = {f"{role}.kernel": WeightRef(f"{base}.weight", layout)}
+    if bias:
+        refs[f"{role}.bias"] = WeightRef(f"{base}.bias", "vector")
+    return refs, layout, bias
+
+
+def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence: list[str]):
+    calls = G.calls_within(attn)
+    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
+    if len(matmuls) < 2:
+        raise UnsupportedModelError(f"{attn}: expected the two matmuls of eager attention")
+    scores, mixes = matmuls[0], matmuls[-1]
+    q_val, k_val = scores.inputs[-2], scores.inputs[-1]
+    v_val = mixes.inputs[-1]
+    node = G.g.module(attn)
+    projections = [c for c in node.children if G.is_projection(c)]
+    def feeds(p: str, v: int) -> bool:
+        return G.derives(v, G.out(p))
+    q = [p for p in projections if feeds(p, q_val)]
+    k = [p for p in projections if feeds(p, k_val)]
+    v = [p for p in projections if feeds(p, v_val)]
+    o = [p for p in projections if G.derives(G.inp(p), mixes.outputs[0])]
+    if len(o) != 1:
+        raise UnsupportedModelError(f"{attn}: cannot tell the output projection ({o})")
+    weights = {}
+    attrs = node.attributes
+    fused = len(q) == 1 and q == k == v
+    if fused:
+        refs, layout, bias = _proj_weights(G, "qkv", q[0], block0, hidden_dim)
+        weights.update(refs)
+        split = next(c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs)
+        widths = [G.g.value(x).shape[-1] for x in split.outputs]
+        if not all(feeds_value(G, x, y) for x, y in zip(split.outputs, (q_val, k_val, v_val), strict=True)):
+            raise UnsupportedModelError(f"{attn}: fused projection is not split in q, k, v order")
+        q_out, k_out = widths[0], widths[1]
+        q_bias = k_bias = v_bias = bias
+        evidence.append(f"attention: fused qkv projection {q[0]} ({layout}), split {widths}")
+    else:
+        if not (len(q) == len(k) == len(v) == 1) or len({q[0], k[0], v[0]}) != 3:
+            raise UnsupportedModelError(f"{attn}: cannot tell q/k/v projections ({q}, {k}, {v})")
+        biases = []
+        for role, p in (("query", q[0]), ("key", k[0]), ("value", v[0])):
+            refs, layout, bias = _proj_weights(G, role, p, block0, hidden_dim)
+            if layout != "linear":
+                raise UnsupportedModelError(f"{p}: only Linear q/k/v are supported when unfused")
+            weights.update(refs)
+            biases.append(bias)
+        q_bias, k_bias, v_bias = biases
+        q_out = G.own_params(q[0])["weight"][0]
+        k_out = G.own_params(k[0])["weight"][0]
+        evidence.append(f"attention: q/k/v from {q[0]}, {k[0]}, {v[0]} (feed the score/mix matmuls)")
+    head_dim = int(attrs.get("head_dim") or 0)
+    if not head_dim:
+        raise UnsupportedModelError(f"{attn}: no head_dim setting found")
+    q_heads, k_heads = q_out // head_dim, k_out // head_dim
+    o_refs, o_layout, o_bias = _proj_weights(G, "out", o[0], block0, q_out)
+    weights.update(o_refs)
+    scale = attrs.get("scaling")
+    if scale is None:
+        raise UnsupportedModelError(f"{attn}: no attention scaling setting found")
+    qk_norm = None
+    norm_children = [c for c in node.children if G.is_norm(c)]
+    if norm_children:
+        q_norms = [c for c in norm_children if feeds(c, q_val)]
+        k_norms = [c for c in norm_children if feeds(c, k_val)]
+        if len(q_norms) != 1 or len(k_norms) != 1 or len(norm_children) != 2:
+            raise UnsupportedModelError(f"{attn}: unrecognized norms {norm_children}")
+        qk_norm = _norm_spec(G, q_norms[0], head_dim)
+        if _norm_spec(G, k_norms[0], head_dim) != qk_norm:
+            raise UnsupportedModelError(f"{attn}: q and k norms differ")
+        weights.update(_norm_weights(G, q_norms[0], "q_norm", block0, "{}"))
+        weights.update(_norm_weights(G, k_norms[0], "k_norm", block0, "{}"))
+        evidence.append(f"q/k norm per head: {qk_norm}")
+    window = attrs.get("sliding_window")
+    spec = AttentionSpec(
+        num_query_heads=q_heads,
+        num_key_value_heads=k_heads,
+        head_dim=head_dim,
+        query_bias=q_bias,
+        key_bias=k_bias,
+        value_bias=v_bias,
+        output_bias=o_bias,
+        scale=float(scale),
+        qk_norm=qk_norm,
+        sliding_window=int(window) if window else None,
+        fused_qkv=fused,
+    )
+    evidence.append(
+        f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
+        f"scale {float(scale):.6g}" + (f", sliding window {window}" if window else "")
+    )
+    return spec, _fix_block_prefix(weights, block0)
+
+
+def feeds_value(G: _Graph, produced: int, consumer_value: int) -> bool:
+    return G.derives(consumer_value, produced)
+
+
+def _fix_block_prefix(weights: dict[str, WeightRef], block0: str) -> dict[str, WeightRef]:
+    """Rewrite `{}`-prefixed names (from _norm_weights) to the block template."""
+    container = block0.rpartition(".")[0]
+    fixed = {}
+    for role, ref in weights.items():
+        name = ref.hf_name
+        if name.startswith("{}."):
+            name = f"{container}.{{i}}." + name[3:]
+        fixed[role] = WeightRef(name, ref.layout)
+    return fixed
+
+
+def _mlp_spec(G: _Graph, mlp: str, hidden_dim: int, block0: str, evidence: list[str]):
+    node = G.g.module(mlp)
+    projections = [c for c in node.children if G.is_projection(c)]
+    mlp_out = G.out(mlp)
+    down = [p for p in projections if G.derives(mlp_out, G.out(p)) and all(
+        G.derives(G.inp(p), G.out(o)) for o in projections if o != p)]
+    if len(down) != 1:
+        raise UnsupportedModelError(f"{mlp}: cannot tell the output projection")
+    down = down[0]
+    ins = [p for p in projections if p != down]
+    calls = G.calls_within(mlp)
+    act_call = next(
+        (c for c in calls if c.scope == mlp and c.kind in ("module", "function")
+         and any(G.out(p) in c.inputs for p in ins) and c.target not in ins
+         and c.target not in ("mul", "__mul__")),
+        None,
+    )
+    if act_call is None:
+        raise UnsupportedModelError(f"{mlp}: no activation found")
+    if act_call.kind == "module":
+        act_module = probes.materialize(G.submodule(act_call.target))
+        activation = probes.probe_activation(act_module)
+    else:
+        fn = getattr(torch.nn.functional, act_call.target, None) or getattr(torch, act_call.target)
+        activation = probes.probe_activation(fn)
+    gate = next(p for p in ins if G.out(p) in act_call.inputs)
+    weights = {}
+    biases = []
+    if len(ins) == 2:
+        up = next(p for p in ins if p != gate)
+        for role, p in (("gate", gate), ("up", up)):
+            refs, layout, bias = _proj_weights(G, role, p, block0, hidden_dim)
+            weights.update(refs)
+            biases.append(bias)
+        gated = True
+    elif len(ins) == 1:
+        refs, layout, bias = _proj_weights(G, "up", gate, block0, hidden_dim)
+        weights.update(refs)
+        biases.append(bias)
+        gated = False
+    else:
+        raise UnsupportedModelError(f"{mlp}: {len(projections)} projections not understood")
+    shape = G.own_params(down)["weight"]
+    intermediate = shape[1] if shape[0] == hidden_dim and shape[1] != hidden_dim else shape[0]
+    refs, layout, bias = _proj_weights(G, "down", down, block0, intermediate)
+    weights.update(refs)
+    biases.append(bias)
+    if len(set(biases)) != 1:
+        raise UnsupportedModelError(f"{mlp}: some projections have a bias and some do not")
+    evidence.append(
+        f"MLP: {'gated ' if gated else ''}{activation}, intermediate {intermediate}"
+        + (", with biases" if biases[0] else "")
+    )
+    return MlpSpec(gated, activation, intermediate, biases[0]), weights
+
+
+def _rope_spec(G: _Graph, rotary: str, config, head_dim: int, evidence: list[str]) -> RopeSpec:
+    observed = probes.probe_rope(G.submodule(rotary), config, head_dim)
+    rotary_dim = observed.shape[-1]
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    candidates = {"none": None}
+    factor = params.get("factor")
+    if factor:
+        candidates["linear"] = {"scaling": "linear", "factor": float(factor)}
+        if "low_freq_factor" in params:
+            candidates["llama3"] = {
+                "scaling": "llama3",
+                "factor": float(factor),
+                "low_freq_factor": float(params["low_freq_factor"]),
+                "high_freq_factor": float(params["high_freq_factor"]),
+                "original_max_position_embeddings": int(params["original_max_position_embeddings"]),
+            }
+    chosen = probes.pick(
+        f"rotary embedding {type(G.submodule(rotary)).__name__}",
+        observed,
+        {k: (lambda s=s: probes.rope_cos(theta, rotary_dim, observed.shape[0], s)) for k, s in candidates.items()},
+    )
+    scaling = candidates[chosen] or {}
+    evidence.append(f"rope: theta {theta:g}, rotary dim {rotary_dim} of {head_dim}, scaling {chosen}")
+    return RopeSpec(
+        theta=theta,
+        rotary_dim=rotary_dim,
+        scaling=chosen,
+        factor=scaling.get("factor", 1.0),
+        low_freq_factor=scaling.get("low_freq_factor", 1.0),
+        high_freq_factor=scaling.get("high_freq_factor", 4.0),
+        original_max_position_embeddings=scaling.get("original_max_position_embeddings", 8192),
+    )
+
+
+def _embedding_scale(G: _Graph, embed: str, position: str | None, block0: str, container: str, head: str):
+    """Run the model up to its first block with random stem weights; compare with the embedding."""
+    captured = probes.run_stem(G.model, embed, position, block0, skip=(container, head))
+    emb, block_in, pos = captured["embed"], captured["block"], captured.get("position")
+    if pos is not None:
+        block_in = block_in - pos
+    ratio = float((block_in * emb).sum() / (emb * emb).sum())
+    if not torch.allclose(block_in, emb * ratio, rtol=1e-5, atol=1e-5):
+        raise UnsupportedModelError("the first block's input is not a scaled token embedding")
+    if math.isclose(ratio, 1.0, rel_tol=1e-6):
+        return None
+    return ratio

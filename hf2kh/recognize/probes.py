@@ -1,0 +1,204 @@
+"""Numeric probes: run a HF submodule on random inputs and keep the candidate reference that matches.
+
+Submodules come from the meta-device model; a probe copies one to the CPU with random weights, so
+probing a 70B model's norm costs a few KB.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+
+from hf2kh.errors import UnsupportedModelError
+
+ProbeTolerance = 1e-5
+
+
+def materialize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A CPU float32 copy of `module` with random parameters (meta tensors have no values)."""
+    clone = copy.deepcopy(module).to_empty(device="cpu").float()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + (1.0 if p.ndim == 1 else 0.0))
+    return clone.eval()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a, b = a.detach(), b.detach()
+    scale = float(b.float().pow(2).mean().sqrt()) or 1.0
+    return a.shape == b.shape and float((a - b).abs().max()) <= ProbeTolerance * max(scale, 1.0)
+
+
+def pick(
+    what: str, observed: torch.Tensor, candidates: dict[str, Callable[[], torch.Tensor]]
+) -> str:
+    """The name of the first candidate whose output matches `observed`."""
+    for name, fn in candidates.items():
+        if _close(fn(), observed):
+            return name
+    raise UnsupportedModelError(
+        f"{what} matches none of the known references ({', '.join(candidates)}); "
+        "it needs the op-by-op fallback, which this version of hf2kh does not emit"
+    )
+
+
+def probe_norm(module: torch.nn.Module, width: int, epsilons: list[float]) -> tuple[str, float, float]:
+    """(kind, epsilon, scale_offset) of a normalization module, by matching references."""
+    norm = materialize(module)
+    x = torch.randn(3, 5, width, generator=torch.Generator().manual_seed(1)) * 3 + 0.7
+    with torch.no_grad():
+        observed = norm(x)
+    params = dict(norm.named_parameters())
+    weight = params.get("weight")
+    bias = params.get("bias")
+    candidates: dict[str, Callable[[], torch.Tensor]] = {}
+    for eps in epsilons:
+        w = weight if weight is not None else torch.ones(width)
+
+        def rms(offset: float, eps: float = eps, w: torch.Tensor = w) -> torch.Tensor:
+            y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+            return y * (offset + w)
+
+        def layer(eps: float = eps, w: torch.Tensor = w) -> torch.Tensor:
+            y = torch.nn.functional.layer_norm(x, (width,), None, None, eps)
+            return y * w + (bias if bias is not None else 0.0)
+
+        candidates[f"rms|{eps}|0"] = lambda eps=eps, rms=rms: rms(0.0)
+        candidates[f"rms|{eps}|1"] = lambda eps=eps, rms=rms: rms(1.0)
+        candidates[f"layer|{eps}|0"] = layer
+    kind, eps, offset = pick(f"normalization {type(module).__name__}", observed, candidates).split("|")
+    return kind, float(eps), float(offset)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": torch.nn.functional.silu,
+    "gelu": lambda x: torch.nn.functional.gelu(x),
+    "gelu_approximate": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "relu": torch.relu,
+}
+
+
+def probe_activation(fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
+    x = torch.linspace(-6, 6, 241)
+    with torch.no_grad():
+        observed = fn(x)
+    return pick("activation", observed, {k: (lambda a=a: a(x)) for k, a in ACTIVATIONS.items()})
+
+
+def probe_projection(module: torch.nn.Module, in_features: int) -> tuple[str, bool]:
+    """("linear" for y = x W^T, "conv1d" for y = x W) and whether it adds a bias."""
+    proj = materialize(module)
+    x = torch.randn(2, 3, in_features, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        observed = proj(x)
+    params = dict(proj.named_parameters())
+    w, b = params["weight"], params.get("bias")
+    candidates = {}
+    if w.shape[-1] == in_features:
+        candidates["linear"] = lambda: x @ w.T + (b if b is not None else 0.0)
+    if w.shape[0] == in_features:
+        candidates["conv1d"] = lambda: x @ w + (b if b is not None else 0.0)
+    layout = pick(f"projection {type(module).__name__}", observed, candidates)
+    return layout, b is not None
+
+
+def probe_rope(rotary: torch.nn.Module, config, head_dim: int, positions: int = 64):
+    """HF's cos table for `positions`, computed by a fresh CPU instance of the rotary module."""
+    fresh = type(rotary)(config=config)
+    x = torch.zeros(1, positions, head_dim)
+    pos = torch.arange(positions)[None]
+    with torch.no_grad():
+        cos, _ = fresh(x, pos)
+    return cos[0]
+
+
+def rope_cos(theta: float, rotary_dim: int, positions: int, scaling: dict | None) -> torch.Tensor:
+    """cos table of the candidate rope (`rotate_half` layout) in HF's float32 arithmetic."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    if scaling and scaling["scaling"] == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif scaling and scaling["scaling"] == "llama3":
+        inv_freq = llama3_inv_freq(inv_freq, **{k: v for k, v in scaling.items() if k != "scaling"})
+    freqs = torch.arange(positions).float()[:, None] * inv_freq[None]
+    return torch.cat([freqs, freqs], -1).cos()
+
+
+def llama3_inv_freq(inv_freq, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings):
+    low_wavelen = original_max_position_embeddings / low_freq_factor
+    high_wavelen = original_max_position_embeddings / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (
+        high_freq_factor - low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_stem(
+    model: torch.nn.Module, embed: str, position: str | None, block0: str, skip: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """Run the model's code before its first block on the CPU, with random stem weights.
+
+    Only modules outside `skip` (the block container and the head) are materialized, so this is
+    cheap for a model of any size. Returns the token embedding output, the position embedding
+    output (if any) and the first block's input.
+    """
+    stem = copy.deepcopy(model)
+    _materialize_outside(stem, skip)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(key):
+        def hook(module, args, output):
+            captured[key] = output.detach().clone()
+
+        return hook
+
+    def stop(module, args, kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        captured["block"] = hidden.detach().clone()
+        raise _Stop
+
+    handles = [stem.get_submodule(embed).register_forward_hook(keep("embed"))]
+    if position is not None:
+        handles.append(stem.get_submodule(position).register_forward_hook(keep("position")))
+    handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
+    vocab = stem.get_submodule(embed).weight.shape[0]
+    ids = torch.randint(0, vocab, (2, 7), generator=torch.Generator().manual_seed(3))
+    try:
+        with torch.no_grad():
+            stem(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if "block" not in captured:
+        raise UnsupportedModelError(f"the forward never reached {block0}")
+    return captured
+
+
+def _materialize_outside(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
+    gen = torch.Generator().manual_seed(4)
+
+    def visit(module: torch.nn.Module, path: str) -> None:
+        if path in skip:
+            return
+        for name, child in module.named_children():
+            visit(child, f"{path}.{name}" if path else name)
+        for name, p in list(module.named_parameters(recurse=False)):
+            value = torch.randn(p.shape, generator=gen)
+            setattr(module, name, torch.nn.Parameter(value, requires_grad=False))
+        for name, b in list(module.named_buffers(recurse=False)):
+            module._buffers[name] = torch.zeros(b.shape, dtype=b.dtype)
+
+    visit(model, "")
