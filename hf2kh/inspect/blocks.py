@@ -40,12 +40,8 @@ def block_signature(graph: LayerGraph, path: str, index: int) -> dict[str, Any]:
             rel = _rel(node.path, prefix)
             structure.append((rel, node.class_name))
             for key, value in node.attributes.items():
-                if (
-                    value == index
-                    and "idx" in key
-                    or key in {"layer_idx", "layer_id", "layer_number"}
-                ):
-                    continue
+                if type(value) is int and value == index and ("idx" in key or "layer" in key):
+                    continue  # the block's own index (layer_idx) differs by construction
                 attributes[f"{rel or '<block>'}.{key}"] = value
     params = [
         (_rel(p.name, prefix), p.shape) for p in graph.parameters if p.name.startswith(prefix)

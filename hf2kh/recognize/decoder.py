@@ -10,6 +10,7 @@ probes. Counts and constants come from parameter shapes and the modules' own set
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -36,6 +37,7 @@ class _Graph:
         self.g = graph
         self.model = model
         self.shapes = {p.name: p.shape for p in graph.parameters}
+        self.shapes.update({t.name: self.shapes[t.target] for t in graph.tied})
 
     def own_params(self, path: str) -> dict[str, tuple[int, ...]]:
         node = self.g.module(path)
@@ -118,7 +120,9 @@ def recognize_decoder(
     positions = [
         p
         for p in stem_modules
-        if p != embed and G.is_projection(p) and G.own_params(p)["weight"][-1] == hidden_dim
+        if p != embed
+        and G.is_projection(p)
+        and G.own_params(p)["weight"][-1] == hidden_dim
         and not G.derives(first_call(graph, p).inputs[0], input_value)
     ]
     rotary = [
@@ -132,7 +136,9 @@ def recognize_decoder(
     # -- block layout --------------------------------------------------------------------------
     children = [s for s in block_steps(graph, block0) if s.is_module]
     child_paths = [f"{block0}.{s.name}" for s in children]
-    attn = next((p for p in child_paths if any(c.target == "softmax" for c in G.calls_within(p))), None)
+    attn = next(
+        (p for p in child_paths if any(c.target == "softmax" for c in G.calls_within(p))), None
+    )
     if attn is None:
         raise UnsupportedModelError(f"no child of {block0} computes a softmax attention")
     norms = [p for p in child_paths if G.is_norm(p)]
@@ -173,8 +179,11 @@ def recognize_decoder(
     after = [c for c in module_calls if c.index > last_block_call.index and c.scope != blocks[-1]]
     after = [c for c in after if not c.target.startswith(f"{blocks[-1]}.")]
     head = next(
-        (c.target for c in after if graph.value(c.outputs[0]).shape[-1] == vocab_size
-         and G.is_projection(c.target)),
+        (
+            c.target
+            for c in after
+            if graph.value(c.outputs[0]).shape[-1] == vocab_size and G.is_projection(c.target)
+        ),
         None,
     )
     if head is None:
@@ -198,7 +207,16 @@ def recognize_decoder(
         rope = _rope_spec(G, rotary[0], config, attention.head_dim, evidence)
     else:
         raise UnsupportedModelError("no position information found (no rope, no learned positions)")
-    scale = _embedding_scale(G, embed, positions[0] if positions else None, block0, group.container, head)
+    windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
+    length = min(max([32, *(2 * w + 1 for w in windows)]), 8193)
+    stem = probes.run_stem(
+        model, embed, positions[0] if positions else None, block0, (group.container, head), length
+    )
+    scale = _embedding_scale(stem)
+    window = probes.mask_window(stem["mask"]) if "mask" in stem else None
+    if window is not None:
+        attention = dataclasses.replace(attention, sliding_window=window)
+        evidence.append(f"attention mask: causal with a sliding window of {window} tokens")
     if scale is not None:
         evidence.append(f"token embeddings are scaled by {scale:.6g} before the first block")
 
@@ -306,8 +324,10 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
     v_val = mixes.inputs[-1]
     node = G.g.module(attn)
     projections = [c for c in node.children if G.is_projection(c)]
+
     def feeds(p: str, v: int) -> bool:
         return G.derives(v, G.out(p))
+
     q = [p for p in projections if feeds(p, q_val)]
     k = [p for p in projections if feeds(p, k_val)]
     v = [p for p in projections if feeds(p, v_val)]
@@ -322,7 +342,9 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
         weights.update(refs)
         split = next(c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs)
         widths = [G.g.value(x).shape[-1] for x in split.outputs]
-        if not all(feeds_value(G, x, y) for x, y in zip(split.outputs, (q_val, k_val, v_val), strict=True)):
+        if not all(
+            feeds_value(G, x, y) for x, y in zip(split.outputs, (q_val, k_val, v_val), strict=True)
+        ):
             raise UnsupportedModelError(f"{attn}: fused projection is not split in q, k, v order")
         q_out, k_out = widths[0], widths[1]
         q_bias = k_bias = v_bias = bias
@@ -340,7 +362,9 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
         q_bias, k_bias, v_bias = biases
         q_out = G.own_params(q[0])["weight"][0]
         k_out = G.own_params(k[0])["weight"][0]
-        evidence.append(f"attention: q/k/v from {q[0]}, {k[0]}, {v[0]} (feed the score/mix matmuls)")
+        evidence.append(
+            f"attention: q/k/v from {q[0]}, {k[0]}, {v[0]} (feed the score/mix matmuls)"
+        )
     head_dim = int(attrs.get("head_dim") or 0)
     if not head_dim:
         raise UnsupportedModelError(f"{attn}: no head_dim setting found")
@@ -363,7 +387,6 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
         weights.update(_norm_weights(G, q_norms[0], "q_norm", block0, "{}"))
         weights.update(_norm_weights(G, k_norms[0], "k_norm", block0, "{}"))
         evidence.append(f"q/k norm per head: {qk_norm}")
-    window = attrs.get("sliding_window")
     spec = AttentionSpec(
         num_query_heads=q_heads,
         num_key_value_heads=k_heads,
@@ -374,12 +397,11 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
         output_bias=o_bias,
         scale=float(scale),
         qk_norm=qk_norm,
-        sliding_window=int(window) if window else None,
         fused_qkv=fused,
     )
     evidence.append(
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
-        f"scale {float(scale):.6g}" + (f", sliding window {window}" if window else "")
+        f"scale {float(scale):.6g}"
     )
     return spec, _fix_block_prefix(weights, block0)
 
@@ -404,17 +426,27 @@ def _mlp_spec(G: _Graph, mlp: str, hidden_dim: int, block0: str, evidence: list[
     node = G.g.module(mlp)
     projections = [c for c in node.children if G.is_projection(c)]
     mlp_out = G.out(mlp)
-    down = [p for p in projections if G.derives(mlp_out, G.out(p)) and all(
-        G.derives(G.inp(p), G.out(o)) for o in projections if o != p)]
+    down = [
+        p
+        for p in projections
+        if G.derives(mlp_out, G.out(p))
+        and all(G.derives(G.inp(p), G.out(o)) for o in projections if o != p)
+    ]
     if len(down) != 1:
         raise UnsupportedModelError(f"{mlp}: cannot tell the output projection")
     down = down[0]
     ins = [p for p in projections if p != down]
     calls = G.calls_within(mlp)
     act_call = next(
-        (c for c in calls if c.scope == mlp and c.kind in ("module", "function")
-         and any(G.out(p) in c.inputs for p in ins) and c.target not in ins
-         and c.target not in ("mul", "__mul__")),
+        (
+            c
+            for c in calls
+            if c.scope == mlp
+            and c.kind in ("module", "function")
+            and any(G.out(p) in c.inputs for p in ins)
+            and c.target not in ins
+            and c.target not in ("mul", "__mul__")
+        ),
         None,
     )
     if act_call is None:
@@ -476,10 +508,15 @@ def _rope_spec(G: _Graph, rotary: str, config, head_dim: int, evidence: list[str
     chosen = probes.pick(
         f"rotary embedding {type(G.submodule(rotary)).__name__}",
         observed,
-        {k: (lambda s=s: probes.rope_cos(theta, rotary_dim, observed.shape[0], s)) for k, s in candidates.items()},
+        {
+            k: (lambda s=s: probes.rope_cos(theta, rotary_dim, observed.shape[0], s))
+            for k, s in candidates.items()
+        },
     )
     scaling = candidates[chosen] or {}
-    evidence.append(f"rope: theta {theta:g}, rotary dim {rotary_dim} of {head_dim}, scaling {chosen}")
+    evidence.append(
+        f"rope: theta {theta:g}, rotary dim {rotary_dim} of {head_dim}, scaling {chosen}"
+    )
     return RopeSpec(
         theta=theta,
         rotary_dim=rotary_dim,
@@ -491,9 +528,8 @@ def _rope_spec(G: _Graph, rotary: str, config, head_dim: int, evidence: list[str
     )
 
 
-def _embedding_scale(G: _Graph, embed: str, position: str | None, block0: str, container: str, head: str):
-    """Run the model up to its first block with random stem weights; compare with the embedding."""
-    captured = probes.run_stem(G.model, embed, position, block0, skip=(container, head))
+def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
+    """How the first block's input relates to the looked-up embedding rows (after positions)."""
     emb, block_in, pos = captured["embed"], captured["block"], captured.get("position")
     if pos is not None:
         block_in = block_in - pos

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.record import flatten_tensors
 
 ProbeTolerance = 1e-5
 
@@ -46,7 +47,9 @@ def pick(
     )
 
 
-def probe_norm(module: torch.nn.Module, width: int, epsilons: list[float]) -> tuple[str, float, float]:
+def probe_norm(
+    module: torch.nn.Module, width: int, epsilons: list[float]
+) -> tuple[str, float, float]:
     """(kind, epsilon, scale_offset) of a normalization module, by matching references."""
     norm = materialize(module)
     x = torch.randn(3, 5, width, generator=torch.Generator().manual_seed(1)) * 3 + 0.7
@@ -70,7 +73,9 @@ def probe_norm(module: torch.nn.Module, width: int, epsilons: list[float]) -> tu
         candidates[f"rms|{eps}|0"] = lambda eps=eps, rms=rms: rms(0.0)
         candidates[f"rms|{eps}|1"] = lambda eps=eps, rms=rms: rms(1.0)
         candidates[f"layer|{eps}|0"] = layer
-    kind, eps, offset = pick(f"normalization {type(module).__name__}", observed, candidates).split("|")
+    kind, eps, offset = pick(f"normalization {type(module).__name__}", observed, candidates).split(
+        "|"
+    )
     return kind, float(eps), float(offset)
 
 
@@ -118,7 +123,9 @@ def probe_rope(rotary: torch.nn.Module, config, head_dim: int, positions: int = 
 
 def rope_cos(theta: float, rotary_dim: int, positions: int, scaling: dict | None) -> torch.Tensor:
     """cos table of the candidate rope (`rotate_half` layout) in HF's float32 arithmetic."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim)
+    )
     if scaling and scaling["scaling"] == "linear":
         inv_freq = inv_freq / scaling["factor"]
     elif scaling and scaling["scaling"] == "llama3":
@@ -127,7 +134,9 @@ def rope_cos(theta: float, rotary_dim: int, positions: int, scaling: dict | None
     return torch.cat([freqs, freqs], -1).cos()
 
 
-def llama3_inv_freq(inv_freq, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings):
+def llama3_inv_freq(
+    inv_freq, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings
+):
     low_wavelen = original_max_position_embeddings / low_freq_factor
     high_wavelen = original_max_position_embeddings / high_freq_factor
     wavelen = 2 * math.pi / inv_freq
@@ -145,13 +154,19 @@ class _Stop(Exception):
 
 
 def run_stem(
-    model: torch.nn.Module, embed: str, position: str | None, block0: str, skip: tuple[str, ...]
+    model: torch.nn.Module,
+    embed: str,
+    position: str | None,
+    block0: str,
+    skip: tuple[str, ...],
+    length: int = 64,
 ) -> dict[str, torch.Tensor]:
     """Run the model's code before its first block on the CPU, with random stem weights.
 
     Only modules outside `skip` (the block container and the head) are materialized, so this is
-    cheap for a model of any size. Returns the token embedding output, the position embedding
-    output (if any) and the first block's input.
+    cheap for a model of any size. Returns the rows of the token embedding table that were looked
+    up, the position embedding output (if any), the first block's input and the attention mask it
+    receives (if any), for a batch of `length` tokens.
     """
     stem = copy.deepcopy(model)
     _materialize_outside(stem, skip)
@@ -166,14 +181,19 @@ def run_stem(
     def stop(module, args, kwargs):
         hidden = args[0] if args else kwargs.get("hidden_states")
         captured["block"] = hidden.detach().clone()
+        for t in flatten_tensors((args[1:], kwargs)):
+            if t.ndim == 4 and t.shape[-1] == t.shape[-2] == length:
+                captured["mask"] = t.detach().clone()
         raise _Stop
 
-    handles = [stem.get_submodule(embed).register_forward_hook(keep("embed"))]
+    table = stem.get_submodule(embed).weight
+    handles = []
     if position is not None:
         handles.append(stem.get_submodule(position).register_forward_hook(keep("position")))
     handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
     vocab = stem.get_submodule(embed).weight.shape[0]
-    ids = torch.randint(0, vocab, (2, 7), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(3))
+    captured["embed"] = table.detach()[ids].clone()
     try:
         with torch.no_grad():
             stem(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -188,17 +208,35 @@ def run_stem(
 
 
 def _materialize_outside(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
-    gen = torch.Generator().manual_seed(4)
+    """Give every module outside `skip` real CPU tensors, initialized the way transformers does
+    (which also recomputes derived buffers such as rotary frequencies and embedding scales)."""
+    torch.manual_seed(4)
 
     def visit(module: torch.nn.Module, path: str) -> None:
         if path in skip:
             return
         for name, child in module.named_children():
             visit(child, f"{path}.{name}" if path else name)
-        for name, p in list(module.named_parameters(recurse=False)):
-            value = torch.randn(p.shape, generator=gen)
-            setattr(module, name, torch.nn.Parameter(value, requires_grad=False))
-        for name, b in list(module.named_buffers(recurse=False)):
-            module._buffers[name] = torch.zeros(b.shape, dtype=b.dtype)
+        module.to_empty(device="cpu", recurse=False)
+        init = getattr(model, "_init_weights", None)
+        if init is not None:
+            init(module)
 
     visit(model, "")
+
+
+def mask_window(mask: torch.Tensor) -> int | None:
+    """The sliding window of a causal mask (None for plain causal); refuses other patterns."""
+    allowed = mask[0, 0] == 0 if mask.dtype != torch.bool else mask[0, 0]
+    length = allowed.shape[-1]
+    q = torch.arange(length)[:, None]
+    k = torch.arange(length)[None]
+    window = int(allowed[-1].sum())
+    expected = k <= q
+    if window < length:
+        expected = expected & (q - k < window)
+    if not torch.equal(allowed, expected):
+        raise UnsupportedModelError(
+            "the attention mask is neither causal nor a causal sliding window"
+        )
+    return window if window < length else None
