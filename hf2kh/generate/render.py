@@ -1,0 +1,104 @@
+"""Render the generated package from the templates, then format and lint it with ruff."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import jinja2
+
+from hf2kh.errors import Hf2khError
+from hf2kh.generate.context import Context
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+RUFF_SETTINGS = ["--line-length", "100", "--target-version", "py310"]
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["pyrepr"] = repr
+    return env
+
+
+def package_files(ctx: Context) -> dict[str, str]:
+    """Generated file name -> template name, for exactly the features this model uses."""
+    p = ctx.package
+    files = {
+        f"{p}_backbone.py": "backbone.py.jinja",
+        f"{p}_attention.py": "attention.py.jinja",
+        f"{p}_decoder.py": "decoder.py.jinja",
+        f"{p}_causal_lm.py": "causal_lm.py.jinja",
+        f"{p}_causal_lm_preprocessor.py": "causal_lm_preprocessor.py.jinja",
+        f"{p}_presets.py": "presets.py.jinja",
+        f"convert_{p}_checkpoints.py": "convert_checkpoints.py.jinja",
+        f"{p}_backbone_test.py": "backbone_test.py.jinja",
+        f"{p}_causal_lm_test.py": "causal_lm_test.py.jinja",
+        f"{p}_tokenizer_test.py": "tokenizer_test.py.jinja",
+        "__init__.py": "init.py.jinja",
+    }
+    if ctx.needs_layernorm_file:
+        files[f"{p}_layernorm.py"] = "layernorm.py.jinja"
+    if ctx.spec.rope is not None:
+        files[f"{p}_rotary_embedding.py"] = "rotary_embedding.py.jinja"
+    return files
+
+
+def render_package(ctx: Context, directory: Path, extra: dict[str, str] | None = None) -> list[Path]:
+    """Write the package's Python files into `directory`; returns the paths written."""
+    env = environment()
+    spec = ctx.spec
+    variables = {
+        "spec": spec,
+        "ctx": ctx,
+        "embedding": spec.embedding,
+        "attention": spec.attention,
+        "mlp": spec.mlp,
+        "rope": spec.rope,
+        "tokenizer": ctx.tokenizer,
+        "spec_dict": asdict(spec),
+    }
+    written = []
+    for name, template in package_files(ctx).items():
+        text = env.get_template(template).render(**variables)
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    for name, text in (extra or {}).items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    format_and_lint(directory)
+    return written
+
+
+def _ruff() -> list[str]:
+    exe = shutil.which("ruff")
+    return [exe] if exe else [sys.executable, "-m", "ruff"]
+
+
+def format_and_lint(directory: Path) -> None:
+    """`ruff format` then `ruff check` (import sorting fixed); any remaining problem is a bug."""
+    isolated = ["--isolated", *RUFF_SETTINGS]
+    subprocess.run(
+        [*_ruff(), "check", "--fix", "--select", "I", *isolated, "-q", str(directory)],
+        check=False,
+        capture_output=True,
+    )
+    subprocess.run([*_ruff(), "format", *isolated, "-q", str(directory)], check=True)
+    result = subprocess.run(
+        [*_ruff(), "check", *isolated, "--select", "E,F,W,I,B", "-q", str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise Hf2khError(f"generated code is not lint-clean: {result.stdout.strip().splitlines()[0]}")

@@ -1,0 +1,212 @@
+"""The fixture checkpoints load with transformers' Auto classes, carry their non-default values,
+run, and each non-default value really changes what the model computes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassError
+
+from tests.fixtures.factory import (
+    FIXTURES,
+    SAMPLE_TEXTS,
+    FixtureSpec,
+    auto_class,
+    build_fixture,
+    build_model,
+    check_config,
+    load_tokenizer,
+    make_config,
+)
+
+NAMES = sorted(FIXTURES)
+
+# A port that ignores a fixture's value must fail verification (relative error <= 1e-5): ablating
+# the value has to move the output by clearly more than that.
+LIVE_THRESHOLD = 5e-5
+
+# Values not probed by ablation: bounds that do not change the computation at the tested length,
+# label maps (they only size the head), and tying (test_head_tying checks it).
+NOT_ABLATED = {
+    "max_position_embeddings",
+    "n_positions",
+    "tie_word_embeddings",
+    "id2label",
+    "label2id",
+}
+# Removing these would make an invalid config; ablate to a valid neutral value instead.
+NEUTRAL = {"attention_types": [[["global", "global"], 1]]}
+
+
+def _load(name, hf_fixture):
+    path = hf_fixture(name)
+    spec = FIXTURES[name]
+    model, info = auto_class(spec.task).from_pretrained(str(path), output_loading_info=True)
+    return spec, path, model.eval(), info
+
+
+def _batch(tokenizer, texts=SAMPLE_TEXTS):
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer(list(texts), return_tensors="pt", padding=True)
+
+
+def _layout(cls, config) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of the model `config` builds (on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _output(model, **inputs) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_loads_and_runs(name, hf_fixture):
+    spec, path, model, info = _load(name, hf_fixture)
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        assert not info.get(kind), f"{name}: {kind} {info[kind]}"
+    tokenizer = load_tokenizer(path)
+    check_config(spec, model.config, tokenizer)
+    assert (path / "model.safetensors").is_file()
+    assert not list(path.glob("*.bin")), "fixtures ship safetensors only"
+
+    batch = _batch(tokenizer)
+    assert batch["input_ids"].shape[1] > 16, "samples must be longer than windows/rope bounds"
+    assert bool((batch["attention_mask"] == 0).any()), "the batch must contain padding"
+    out = _output(model, **batch)
+    assert torch.isfinite(out).all()
+    n = len(SAMPLE_TEXTS)
+    if spec.task == "sequence_classification":
+        assert out.shape == (n, model.config.num_labels)
+    elif spec.task in ("causal_lm", "masked_lm"):
+        assert out.shape == (n, batch["input_ids"].shape[1], len(tokenizer))
+    # random weights, but not degenerate: outputs vary across rows
+    assert float(out.std()) > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_tying(name, hf_fixture):
+    _, _, model, _ = _load(name, hf_fixture)
+    head = model.get_output_embeddings()
+    if head is None:
+        pytest.skip("no LM head")
+    shared = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert shared == bool(model.config.tie_word_embeddings)
+    if not shared:
+        assert not torch.equal(head.weight, model.get_input_embeddings().weight)
+
+
+def _ablations(spec: FixtureSpec):
+    """(label, ablated spec) per non-default value: the value removed (family default)."""
+    for key, value in spec.config.items():
+        if key in NOT_ABLATED:
+            continue
+        if key == "rope_parameters":
+            for sub in ("rope_type", "rope_theta", "partial_rotary_factor"):
+                if sub not in value or (sub == "rope_type" and value[sub] == "default"):
+                    continue
+                if sub == "rope_type":  # back to plain rope, same theta and rotary fraction
+                    keep = ("rope_theta", "partial_rotary_factor")
+                    new = {k: v for k, v in value.items() if k in keep}
+                else:
+                    new = {k: v for k, v in value.items() if k != sub}
+                config = {**spec.config, key: new}
+                yield f"rope_parameters.{sub}", dataclasses.replace(spec, config=config)
+        elif key in NEUTRAL:
+            config = {**spec.config, key: NEUTRAL[key]}
+            yield key, dataclasses.replace(spec, config=config)
+        else:
+            config = {k: v for k, v in spec.config.items() if k != key}
+            yield key, dataclasses.replace(spec, config=config)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_default_values_are_live(name, hf_fixture):
+    """Each non-default value either changes the parameter layout (the checkpoint cannot load
+    without it) or changes the output by more than LIVE_THRESHOLD on the sample text."""
+    spec, path, model, _ = _load(name, hf_fixture)
+    tokenizer = load_tokenizer(path)
+    inputs = tokenizer(SAMPLE_TEXTS[0], return_tensors="pt")
+    assert inputs["input_ids"].shape[1] > 16
+    reference = _output(model, **inputs)
+    rms = float(reference.pow(2).mean().sqrt())
+    state = model.state_dict()
+    layout = {k: tuple(v.shape) for k, v in state.items()}
+    as_built = make_config(spec, tokenizer).to_dict()
+    dead = []
+    for label, ablated in _ablations(spec):
+        try:
+            config = make_config(ablated, tokenizer)
+            if config.to_dict() == as_built:
+                continue  # explicitly set to the family default (documents the fixture)
+            if _layout(auto_class(spec.task), config) != layout:
+                continue  # the value changes parameter names or shapes
+            other = build_model(ablated, config)
+        except (ValueError, TypeError, StrictDataclassError):
+            continue  # validated against the other values (e.g. heads | hidden): not ignored
+        other.load_state_dict(state, strict=True)
+        change = float((_output(other, **inputs) - reference).abs().max()) / rms
+        if change <= LIVE_THRESHOLD:
+            dead.append(f"{label} (relative change {change:.2e})")
+    assert not dead, f"{name}: values with no visible effect: {', '.join(dead)}"
+
+
+def test_unknown_config_key_is_caught():
+    spec = FIXTURES["llama"]
+    bogus = dataclasses.replace(spec, config={**spec.config, "rope_thetaa": 1.0})
+    config = make_config(bogus, _FakeTokenizer())  # transformers accepts and keeps the typo
+    assert config.rope_thetaa == 1.0
+    with pytest.raises(AssertionError, match="rope_thetaa"):
+        check_config(bogus, config)
+
+
+class _FakeTokenizer:
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, None
+
+    def __len__(self):
+        return 512
+
+
+def test_build_is_deterministic(tmp_path):
+    a = build_fixture("gpt2", tmp_path / "a", seed=0)
+    b = build_fixture("gpt2", tmp_path / "b", seed=0)
+    c = build_fixture("gpt2", tmp_path / "c", seed=1)
+    for fname in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (a / fname).read_bytes() == (b / fname).read_bytes(), fname
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+
+
+def _load_example_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "make_tiny_llama.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_llama", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_tiny_llama_is_current(tmp_path):
+    """examples/tiny-llama is what examples/make_tiny_llama.py builds, loads, and stays small."""
+    script = _load_example_script()
+    shipped = script.OUT_DIR
+    assert shipped.is_dir(), "run `python examples/make_tiny_llama.py`"
+    assert sum(f.stat().st_size for f in shipped.iterdir()) < 1_000_000
+    tokenizer = load_tokenizer(shipped)
+    model = auto_class("causal_lm").from_pretrained(str(shipped)).eval()
+    check_config(script.TINY_LLAMA, model.config, tokenizer)
+    out = _output(model, **_batch(tokenizer))
+    assert torch.isfinite(out).all()
+
+    rebuilt = script.main(tmp_path / "tiny-llama")
+    for fname in ("config.json", "model.safetensors"):
+        assert (rebuilt / fname).read_bytes() == (shipped / fname).read_bytes(), (
+            f"examples/tiny-llama/{fname} is stale: run `python examples/make_tiny_llama.py`"
+        )
