@@ -7,7 +7,7 @@ class takes (and therefore what `get_config()` saves) lives here, in one place.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hf2kh.recognize.spec import ModelSpec
@@ -60,7 +60,8 @@ class Context:
     spec: ModelSpec
     tokenizer: Any  # hf2kh.generate.tokenizer.TokenizerSpec
     in_tree: bool = False
-    tokenizer_assets: dict[str, str] = field(default_factory=dict)
+    preset_path: str = ""
+    num_params: int = 0
 
     # -- names ---------------------------------------------------------------------------------
     @property
@@ -192,3 +193,44 @@ class Context:
 
     def activation_expr(self, x: str) -> str:
         return ACTIVATIONS[self.spec.mlp.activation].format(x=x)
+
+    @property
+    def tokenizer_config(self) -> dict[str, Any]:
+        return self.tokenizer.keras_kwargs()
+
+    @property
+    def preset_description(self) -> str:
+        s = self.spec
+        return (
+            f"{s.num_layers}-layer decoder ported from {s.source} "
+            f"({s.hf_model_class}) by hf2kh."
+        )
+
+    @property
+    def small_backbone_config(self) -> dict[str, Any]:
+        """A tiny backbone with this model's features, for fast unit tests."""
+        config = dict(self.backbone_config)
+        groups = config["num_query_heads"] // config["num_key_value_heads"]
+        kv_heads = min(config["num_key_value_heads"], 2)
+        head_dim = 8
+        config.update(
+            vocabulary_size=128,
+            num_layers=2,
+            num_key_value_heads=kv_heads,
+            num_query_heads=kv_heads * groups,
+            hidden_dim=32,
+            intermediate_dim=64,
+            head_dim=head_dim,
+        )
+        if "rope_rotary_dim" in config:
+            fraction = self.spec.rope.rotary_dim / self.spec.attention.head_dim
+            config["rope_rotary_dim"] = max(2, int(head_dim * fraction) // 2 * 2)
+        if "attention_scale" in config:
+            config["attention_scale"] = head_dim**-0.5 * 0.5
+        if "embedding_scale" in config:
+            config["embedding_scale"] = 32**0.5
+        if config.get("max_sequence_length"):
+            config["max_sequence_length"] = min(config["max_sequence_length"], 64)
+        if config.get("sliding_window"):
+            config["sliding_window"] = min(config["sliding_window"], 4)
+        return config

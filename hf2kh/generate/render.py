@@ -87,7 +87,11 @@ def _ruff() -> list[str]:
 
 
 def format_and_lint(directory: Path) -> None:
-    """`ruff format` then `ruff check` (import sorting fixed); any remaining problem is a bug."""
+    """`ruff format` then `ruff check` (import sorting fixed); any remaining problem is a bug.
+
+    E501 is left out of the check: the formatter keeps code within 100 columns, and what it cannot
+    wrap is a long literal such as the checkpoint path in the header.
+    """
     isolated = ["--isolated", *RUFF_SETTINGS]
     subprocess.run(
         [*_ruff(), "check", "--fix", "--select", "I", *isolated, "-q", str(directory)],
@@ -96,9 +100,9 @@ def format_and_lint(directory: Path) -> None:
     )
     subprocess.run([*_ruff(), "format", *isolated, "-q", str(directory)], check=True)
     result = subprocess.run(
-        [*_ruff(), "check", *isolated, "--select", "E,F,W,I,B", "-q", str(directory)],
+        [*_ruff(), "check", *isolated, "--select", "E,F,W,I,B", "--ignore", "E501", "--output-format", "concise", "-q", str(directory)],
         capture_output=True,
         text=True,
     )
     if result.returncode != 0:
-        raise Hf2khError(f"generated code is not lint-clean: {result.stdout.strip().splitlines()[0]}")
+        raise Hf2khError("generated code is not lint-clean: " + " | ".join(result.stdout.strip().splitlines()[:6]))

@@ -37,7 +37,7 @@ Why subclasses: the stock KerasHub tokenizers are not exact for these checkpoint
   text as characters and always adds its dummy prefix. HF cuts added tokens out first and prepends
   "▁" per `Metaspace.prepend_scheme` ("first": only on the piece at offset 0 and not if it already
   starts with a space). The subclass does exactly those two steps and lets SentencePiece encode
-  each piece with the dummy prefix off (`vocabulary.spm` is written with `add_dummy_prefix=False`).
+  each piece with its dummy prefix switched off (decoding still uses it).
 - `WordPieceTokenizer` case-folds ("ß" -> "ss"), keeps U+00A0/U+3000 inside words, splits on
   zero-width characters instead of removing them and caps words at 100 bytes rather than 100
   characters. The subclass tokenizes with `BertNormalizer` + `BertPreTokenizer` + `WordPiece`.
@@ -117,6 +117,7 @@ class TokenizerSpec:
     prepend_scheme: str = "never"  # sentencepiece: "never" | "first" | "always" | "legacy"
     split_on_whitespace: bool = False  # sentencepiece: Metaspace(split=True)
     model_type: str | None = None  # sentencepiece: "bpe" | "unigram"
+    drop_unknown: bool = False  # sentencepiece: HF drops unknown characters (no unk, no bytes)
     strip_accents: bool = False  # wordpiece
     split_on_cjk: bool = True  # wordpiece
     clean_text: bool = True  # wordpiece
@@ -148,6 +149,7 @@ class TokenizerSpec:
                 "prepend_scheme": self.prepend_scheme,
                 "split_on_whitespace": self.split_on_whitespace,
                 "added_token_options": options or None,
+                "drop_unknown": self.drop_unknown,
             }
         return {
             "lowercase": self.lowercase,
@@ -485,7 +487,12 @@ def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
             raise UnsupportedModelError(
                 f"{where}: SentencePiece-style pre-tokenizer {kind!r} ({step}) is not supported."
             )
+    drop_unknown = False
     if model.get("type") == "BPE":
+        vocab = model.get("vocab") or {}
+        has_bytes = all(f"<0x{b:02X}>" in vocab for b in range(256))
+        # HF BPE with neither an unknown token nor byte pieces drops what it cannot encode.
+        drop_unknown = not model.get("unk_token") and not (model.get("byte_fallback") and has_bytes)
         if model.get("ignore_merges"):
             notes.append("BPE ignore_merges is not reproduced by SentencePiece BPE.")
         for key in ("continuing_subword_prefix", "end_of_word_suffix"):
@@ -501,6 +508,7 @@ def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
         prepend_scheme=prepend_scheme,
         split_on_whitespace=split_on_whitespace,
         model_type="unigram" if model.get("type") == "Unigram" else "bpe",
+        drop_unknown=drop_unknown,
     )
 
 
@@ -607,7 +615,8 @@ def sentencepiece_proto(view_or_dir: _HFView | Path, spec: TokenizerSpec) -> byt
 
     Built from the effective HF model (ids, Unigram scores or BPE merges, byte fallback); the
     checkpoint's `tokenizer.model`, when present, contributes piece types and trainer fields.
-    The dummy prefix is switched off: the generated tokenizer applies HF's prepend rule itself.
+    The normalizer is identity unless HF has a Precompiled one; `add_dummy_prefix` is set when HF
+    prepends "▁" (the generated tokenizer applies HF's exact prepend rule itself when encoding).
     """
     from sentencepiece import sentencepiece_model_pb2 as pb
 
@@ -617,7 +626,10 @@ def sentencepiece_proto(view_or_dir: _HFView | Path, spec: TokenizerSpec) -> byt
     added = {a["id"]: a for a in view.backend.get("added_tokens") or []}
     tokens = _id_ordered_tokens(view)
     is_unigram = model.get("type") == "Unigram"
-    byte_fallback = bool(model.get("byte_fallback"))
+    # HF falls back to bytes only when all 256 byte pieces exist (else to the unknown token);
+    # SentencePiece refuses byte_fallback without them.
+    byte_pieces = sum(1 for t in tokens if _BYTE_PIECE.fullmatch(t))
+    byte_fallback = bool(model.get("byte_fallback")) and byte_pieces >= 256
 
     base = None
     model_path = view.directory / "tokenizer.model"
@@ -698,7 +710,9 @@ def sentencepiece_proto(view_or_dir: _HFView | Path, spec: TokenizerSpec) -> byt
 
     normalizer = proto.normalizer_spec
     normalizer.name = "identity"
-    normalizer.add_dummy_prefix = False
+    # Kept for SentencePiece's own decoding (it strips the dummy "▁" again) and for plain
+    # SentencePiece users; the generated tokenizer switches it off for encoding.
+    normalizer.add_dummy_prefix = spec.prepend_scheme != "never"
     normalizer.remove_extra_whitespaces = False
     normalizer.escape_whitespaces = True
     for norm in _flatten(view.backend.get("normalizer"), "normalizers"):

@@ -1,0 +1,283 @@
+"""`hf2kh port`: source -> inspect -> recognize -> generate -> convert -> verify.
+
+Everything is written into a staging directory beside `--out` and moved into place only when
+every stage succeeded, so a failed or interrupted port leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hf2kh.errors import Hf2khError, OutputExistsError, SourceError, VerificationFailed
+
+
+@dataclass
+class PortOptions:
+    repo: str
+    out: Path
+    name: str | None = None
+    verify: bool = False
+    force: bool = False
+    revision: str | None = None
+    token: str | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    junit: Path | None = None
+
+
+@dataclass
+class PortResult:
+    name: str
+    package_dir: Path
+    preset_dir: Path
+    report_path: Path
+    spec_lines: list[str]
+    weights_mapped: int
+    weights_total: int
+    files: list[str] = field(default_factory=list)
+    verification: object | None = None
+
+
+def package_name(repo: str, name: str | None) -> str:
+    raw = name or Path(repo.rstrip("/")).name or "model"
+    clean = re.sub(r"[^0-9a-zA-Z]+", "_", raw).strip("_").lower()
+    if not clean or clean[0].isdigit():
+        clean = f"m_{clean}"
+    return clean
+
+
+def run_port(options: PortOptions, progress: Callable[[str], None] = print) -> PortResult:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    out = options.out.resolve()
+    if out.exists() and any(out.iterdir()) and not options.force:
+        raise OutputExistsError(f"output directory {out} exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = _port_into(options, staging, out, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _relocate(result, staging, out)
+    return result
+
+
+def _relocate(result: PortResult, staging: Path, out: Path) -> None:
+    result.package_dir = out / result.package_dir.relative_to(staging)
+    result.preset_dir = out / result.preset_dir.relative_to(staging)
+    result.report_path = out / result.report_path.relative_to(staging)
+
+
+def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> PortResult:
+    from hf2kh.generate.context import Context
+    from hf2kh.generate.package import write_package
+    from hf2kh.generate.tokenizer import read_tokenizer_spec
+    from hf2kh.generate.weight_map import audit, build_table, declare_unmapped
+    from hf2kh.inspect.build import build_graph_and_model
+    from hf2kh.recognize import recognize_decoder
+    from hf2kh.source import load_config, open_checkpoint, tensor_index
+
+    progress("source: opening the checkpoint")
+    ckpt = open_checkpoint(
+        options.repo,
+        revision=options.revision,
+        token=options.token,
+        allow_pickle=options.allow_pickle,
+        trust_remote_code=options.trust_remote_code,
+    )
+    if ckpt.weight_format != "safetensors":
+        raise SourceError(
+            "the generated conversion script reads safetensors; convert the pickled weights first "
+            "(e.g. `save_pretrained(..., safe_serialization=True)`)"
+        )
+    config = load_config(ckpt)
+    name = package_name(options.repo, options.name)
+
+    progress("inspect: recording the layer graph on the meta device")
+    graph, meta_model = build_graph_and_model(config, options.trust_remote_code)
+    graph.write_json(staging / "layer_graph.json")
+
+    progress("recognize: reading the model spec from the graph")
+    spec = recognize_decoder(
+        graph, meta_model, config, name=name, source=options.repo, revision=ckpt.revision
+    )
+    tokenizer_spec = read_tokenizer_spec(ckpt.path)
+
+    progress("audit: mapping every checkpoint tensor")
+    index = tensor_index(ckpt)
+    shapes = {p.name: p.shape for p in graph.parameters}
+    shapes.update({t.name: shapes[t.target] for t in graph.tied})
+    table = build_table(spec, shapes, {n: i.dtype for n, i in index.items()})
+    declare_unmapped(
+        table,
+        set(index),
+        {b.name for b in graph.buffers},
+        {t.name: t.target for t in graph.tied},
+        list(getattr(meta_model, "_keys_to_ignore_on_load_unexpected", None) or []),
+    )
+
+    progress("generate: writing the KerasHub package")
+    preset_dir = staging / "preset"
+    num_params = sum(_numel(p.shape) for p in graph.parameters)
+    ctx = Context(
+        spec, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params
+    )
+    hf_model = load_hf_model(ckpt, config, options)
+    hf_tokenizer = load_hf_tokenizer(ckpt)
+    package_dir = staging / name
+    files = write_package(ctx, package_dir, ckpt.path, table, hf_model, hf_tokenizer)
+    module = import_generated(staging, name)
+    backbone_cls = getattr(module, f"{spec.class_prefix}Backbone")
+    keras_variables = _keras_variables(backbone_cls, ctx.backbone_config)
+    audit(table, {n: i.shape for n, i in index.items()}, keras_variables)
+
+    progress("convert: running the generated conversion script")
+    run_conversion(staging, name, ckpt.path, preset_dir, options.dtype)
+
+    result = PortResult(
+        name=name,
+        package_dir=package_dir,
+        preset_dir=preset_dir,
+        report_path=staging / "report.json",
+        spec_lines=spec.evidence,
+        weights_mapped=len({r.hf_name for r in table.rows}) + len(table.declared),
+        weights_total=len(index),
+        files=[str(p.relative_to(staging)) for p in files],
+    )
+    report = {
+        "repo": options.repo,
+        "revision": ckpt.revision,
+        "package_dir": str(out / name),
+        "preset_dir": str(out / "preset"),
+        "layer_graph": str(out / "layer_graph.json"),
+        "spec": spec.evidence,
+        "weights": {"mapped": result.weights_mapped, "total": result.weights_total},
+        "checks": [],
+        "passed": None,
+    }
+    if options.verify:
+        progress("verify: comparing HF and the converted KerasHub model")
+        verification = verify_port(module, spec, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options)
+        result.verification = verification
+        report["checks"] = verification.to_json()["checks"]
+        report["first_divergence"] = verification.first_divergence
+        report["passed"] = verification.passed
+        if options.junit:
+            verification.write_junit(options.junit)
+    result.report_path.write_text(json.dumps(report, indent=1) + "\n")
+    return result
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def load_hf_model(ckpt, config, options: PortOptions):
+    import torch
+
+    from hf2kh.inspect.build import model_class_for
+
+    cls = model_class_for(config, options.trust_remote_code)
+    try:
+        model = cls.from_pretrained(
+            ckpt.path,
+            config=config,
+            dtype=torch.float32,
+            attn_implementation="eager",
+            trust_remote_code=options.trust_remote_code,
+            use_safetensors=ckpt.weight_format == "safetensors",
+        )
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
+        raise SourceError(f"transformers cannot load the checkpoint: {str(exc).splitlines()[0]}") from exc
+    if options.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        model = model.to(options.device)
+    return model.eval()
+
+
+def load_hf_tokenizer(ckpt):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ckpt.path, trust_remote_code=ckpt.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise SourceError(f"the checkpoint's tokenizer cannot be loaded: {str(exc).splitlines()[0]}") from exc
+
+
+def import_generated(parent: Path, name: str):
+    """Import the generated package from `parent` (a fresh import, even if one was loaded)."""
+    for key in [k for k in sys.modules if k == name or k.startswith(f"{name}.")]:
+        del sys.modules[key]
+    sys.path.insert(0, str(parent))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(parent))
+
+
+def _keras_variables(backbone_cls, config: dict) -> dict[str, tuple[int, ...]]:
+    backbone = backbone_cls(**config)
+    return {v.path: tuple(v.shape) for v in backbone.weights}
+
+
+def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtype: str) -> None:
+    """Run the generated script in a fresh interpreter, exactly as a user would."""
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+    env["PYTHONPATH"] = os.pathsep.join([str(parent), env.get("PYTHONPATH", "")])
+    command = [
+        sys.executable,
+        "-m",
+        f"{name}.convert_{name}_checkpoints",
+        "--checkpoint",
+        str(Path(checkpoint).resolve()),
+        "--preset",
+        str(preset),
+        "--dtype",
+        dtype,
+    ]
+    result = subprocess.run(command, cwd=parent, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise Hf2khError(f"the generated conversion script failed: {last}")
+
+
+def verify_port(module, spec, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options):
+    import keras_hub
+
+    from hf2kh.generate.tokenizer import tokenizer_test_corpus
+    from hf2kh.verify.decoder import verify_decoder
+
+    causal_lm = keras_hub.models.CausalLM.from_preset(str(preset_dir))
+    expected_cls = getattr(module, f"{spec.class_prefix}CausalLM")
+    if type(causal_lm) is not expected_cls:
+        raise VerificationFailed(f"the preset loads as {type(causal_lm).__name__}, not {expected_cls.__name__}")
+    blocks = [spec.weights["block"].hf_name.format(i=i) for i in range(spec.num_layers)]
+    return verify_decoder(
+        hf_model,
+        causal_lm,
+        blocks,
+        hf_tokenizer,
+        tokenizer_test_corpus(tokenizer_spec.special_tokens),
+        name=spec.name,
+        dtype=options.dtype,
+        device=options.device,
+    )

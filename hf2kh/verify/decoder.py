@@ -1,0 +1,241 @@
+"""Prove a decoder LM port: every layer, the logits, cached greedy generation, tokenizer ids.
+
+The Keras side is the generated package imported from disk with the preset its conversion script
+wrote: exactly what the user gets. The HF side is the original model in float32 (eager attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hf2kh.verify.compare import TOLERANCES, Comparison, compare
+from hf2kh.verify.report import Check, VerifyReport
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input batch: `lengths[i]` real tokens in row i, right-padded to `max(lengths)`."""
+
+    lengths: tuple[int, ...]
+
+
+def default_cases(max_positions: int | None) -> list[Case]:
+    cases = [Case((5,)), Case((13, 9)), Case((24, 17, 3))]
+    if max_positions:
+        cases = [Case(tuple(min(n, max_positions) for n in c.lengths)) for c in cases]
+    return cases
+
+
+def make_inputs(case: Case, vocab_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    length = max(case.lengths)
+    token_ids = rng.integers(0, vocab_size, size=(len(case.lengths), length)).astype("int32")
+    padding_mask = np.zeros_like(token_ids)
+    for row, n in enumerate(case.lengths):
+        padding_mask[row, :n] = 1
+        token_ids[row, n:] = 0
+    return token_ids, padding_mask
+
+
+class HFRecorder:
+    """Captures each HF block's input hidden states and output with forward hooks."""
+
+    def __init__(self, model: torch.nn.Module, block_paths: list[str]):
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+        self._handles = []
+        for path in block_paths:
+            module = model.get_submodule(path)
+            self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._post))
+
+    def _pre(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.inputs.append(hidden.detach().float().cpu())
+
+    def _post(self, module, args, output):
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        self.outputs.append(hidden.detach().float().cpu())
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def _numpy(x) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
+
+
+def _check(c: Comparison, group: str, detail: str = "") -> Check:
+    text = detail or (f"worst at {list(c.worst_index)}" if c.worst_index else "")
+    return Check(c.name, group, c.passed, text, c.max_abs, c.rel_rms, c.worst_index)
+
+
+def _worst(comparisons: list[Comparison]) -> Comparison:
+    return max(comparisons, key=lambda c: c.rel_rms)
+
+
+def verify_decoder(
+    hf_model: torch.nn.Module,
+    causal_lm,
+    block_paths: list[str],
+    hf_tokenizer,
+    corpus: list[str],
+    *,
+    name: str,
+    dtype: str = "float32",
+    device: str = "cpu",
+    cases: list[Case] | None = None,
+    new_tokens: int = 16,
+) -> VerifyReport:
+    import keras
+
+    report = VerifyReport(model=name, dtype=dtype, device=device)
+    tolerance = TOLERANCES[dtype]
+    backbone = causal_lm.backbone
+    vocab = backbone.vocabulary_size
+    cases = cases or default_cases(getattr(backbone, "max_sequence_length", None))
+    layer_model = keras.Model(backbone.input, [layer.output for layer in backbone.transformer_layers])
+    per_layer: list[list[Comparison]] = [[] for _ in block_paths]
+    alone: list[list[Comparison]] = [[] for _ in block_paths]
+    embeds: list[Comparison] = []
+    logits: list[Comparison] = []
+    for seed, case in enumerate(cases):
+        token_ids, padding_mask = make_inputs(case, vocab, seed)
+        valid = padding_mask.astype(bool)
+        recorder = HFRecorder(hf_model, block_paths)
+        try:
+            with torch.no_grad():
+                device_of = next(hf_model.parameters()).device
+                hf_logits = hf_model(
+                    input_ids=torch.as_tensor(token_ids, dtype=torch.long, device=device_of),
+                    attention_mask=torch.as_tensor(padding_mask, device=device_of),
+                ).logits.float().cpu().numpy()
+        finally:
+            recorder.close()
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        keras_layers = layer_model(inputs)
+        keras_logits = _numpy(causal_lm(inputs))
+        embeds.append(
+            compare("embeddings", recorder.inputs[0].numpy(), _numpy(backbone.embed(token_ids)), valid, tolerance)
+        )
+        for i, layer in enumerate(backbone.transformer_layers):
+            hf_out = recorder.outputs[i].numpy()
+            per_layer[i].append(compare(layer.name, hf_out, _numpy(keras_layers[i]), valid, tolerance))
+            block_alone = layer(keras.ops.convert_to_tensor(recorder.inputs[i].numpy()), padding_mask=padding_mask)
+            alone[i].append(compare(f"{layer.name} alone", hf_out, _numpy(block_alone), valid, tolerance))
+        logits.append(compare("logits", hf_logits, keras_logits, valid, tolerance))
+
+    shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
+    report.checks.append(_check(_worst(embeds), "layers"))
+    for i, path in enumerate(block_paths):
+        report.checks.append(_check(_worst(per_layer[i]), "layers", f"vs HF {path}"))
+    for i, path in enumerate(block_paths):
+        report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
+    report.checks.append(_check(_worst(logits), "logits", f"batches {shapes}, right padding"))
+    report.first_divergence = _first_divergence(report.checks, block_paths)
+
+    report.checks.append(_greedy_check(hf_model, causal_lm, vocab, new_tokens))
+    report.checks.extend(_tokenizer_checks(hf_tokenizer, causal_lm.preprocessor, corpus))
+    return report
+
+
+def _first_divergence(checks: list[Check], block_paths: list[str]) -> str | None:
+    by_name = {c.name: c for c in checks}
+    for c in checks:
+        if c.group == "layers" and not c.passed:
+            if c.name == "embeddings":
+                return "embeddings: the token/position embedding differs before any block"
+            alone = by_name.get(f"{c.name} alone")
+            index = int(c.name.rpartition("_")[2])
+            where = f"{c.name} (HF {block_paths[index]})"
+            if alone is not None and not alone.passed:
+                return f"{where}: wrong on its own inputs too, so this block's code is at fault"
+            return f"{where}: correct on HF's inputs, so the error accumulates from earlier layers"
+    logits = by_name.get("logits")
+    if logits is not None and not logits.passed:
+        return "logits: every block matches, so the final norm or LM head differs"
+    return None
+
+
+def hf_greedy(hf_model, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], list[float]]:
+    """HF's greedy continuation by full forward passes (no cache), with the top-2 margins."""
+    device = next(hf_model.parameters()).device
+    ids = torch.as_tensor(prompt, dtype=torch.long, device=device)
+    tokens, margins = [], []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            last = hf_model(input_ids=ids).logits[0, -1].float()
+            top = torch.topk(last, 2)
+            tokens.append(int(top.indices[0]))
+            margins.append(float(top.values[0] - top.values[1]))
+            ids = torch.cat([ids, top.indices[:1].view(1, 1)], dim=1)
+    return tokens, margins
+
+
+def _greedy_check(hf_model, causal_lm, vocab: int, new_tokens: int) -> Check:
+    prompt = np.random.default_rng(99).integers(0, vocab, size=(1, 6)).astype("int32")
+    expected, margins = hf_greedy(hf_model, prompt, new_tokens)
+    total = prompt.shape[1] + new_tokens
+    token_ids = np.zeros((1, total), "int32")
+    token_ids[0, : prompt.shape[1]] = prompt[0]
+    padding_mask = np.zeros((1, total), bool)
+    padding_mask[0, : prompt.shape[1]] = True
+    preprocessor = causal_lm.preprocessor
+    causal_lm.preprocessor = None  # token ids in, token ids out
+    try:
+        causal_lm.compile(sampler="greedy")
+        output = causal_lm.generate({"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None)
+    finally:
+        causal_lm.preprocessor = preprocessor
+    got = np.asarray(output["token_ids"])[0, prompt.shape[1] :].tolist()
+    name = f"greedy generation ({new_tokens} tokens, KV cache)"
+    if got == expected:
+        return Check(name, "generation", True, f"identical; smallest top-2 margin {min(margins):.2e}")
+    first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+    return Check(
+        name,
+        "generation",
+        False,
+        f"token {first} differs: {got[first]} vs HF {expected[first]} (HF top-2 margin {margins[first]:.2e})",
+    )
+
+
+def _tokenizer_checks(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Check]:
+    if hf_tokenizer is None or preprocessor is None:
+        return []
+    tokenizer = preprocessor.tokenizer
+    mismatches = []
+    for text in corpus:
+        expected = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        got = np.asarray(tokenizer(text)).tolist()
+        if got != expected:
+            mismatches.append(text)
+    checks = [
+        Check(
+            f"tokenizer ids ({len(corpus)} texts)",
+            "tokenizer",
+            not mismatches,
+            "identical" if not mismatches else f"differs on {mismatches[0]!r}",
+        )
+    ]
+    text = corpus[0]
+    expected = hf_tokenizer(text)["input_ids"]
+    packed = preprocessor.generate_preprocess([text], sequence_length=len(expected) + 4)
+    ids = np.asarray(packed["token_ids"])[0]
+    mask = np.asarray(packed["padding_mask"])[0].astype(bool)
+    got = ids[mask].tolist()
+    checks.append(
+        Check(
+            "preprocessor special tokens",
+            "tokenizer",
+            got == expected,
+            "start/end tokens as HF adds them" if got == expected else f"{got} vs HF {expected}",
+        )
+    )
+    return checks

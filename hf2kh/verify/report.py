@@ -1,0 +1,110 @@
+"""Verification results: a terminal table, JSON and JUnit XML."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class Check:
+    """One verification check (a tensor comparison, generation, tokenizer ids...)."""
+
+    name: str
+    group: str  # "layers", "blocks", "logits", "generation", "tokenizer"
+    passed: bool
+    detail: str
+    max_abs: float | None = None
+    rel_rms: float | None = None
+    worst_index: tuple[int, ...] | None = None
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    dtype: str
+    device: str
+    checks: list[Check] = field(default_factory=list)
+    first_divergence: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "dtype": self.dtype,
+            "device": self.device,
+            "passed": self.passed,
+            "first_divergence": self.first_divergence,
+            "checks": [
+                {
+                    "name": c.name,
+                    "group": c.group,
+                    "passed": c.passed,
+                    "detail": c.detail,
+                    "max_abs": c.max_abs,
+                    "rel_rms": c.rel_rms,
+                    "worst_index": list(c.worst_index) if c.worst_index is not None else None,
+                }
+                for c in self.checks
+            ],
+        }
+
+    def write_junit(self, path: Path) -> None:
+        suite = ET.Element(
+            "testsuite",
+            name=f"hf2kh.verify.{self.model}",
+            tests=str(len(self.checks)),
+            failures=str(sum(not c.passed for c in self.checks)),
+        )
+        for check in self.checks:
+            case = ET.SubElement(suite, "testcase", classname=f"{self.model}.{check.group}", name=check.name)
+            if not check.passed:
+                failure = ET.SubElement(case, "failure", message=check.detail)
+                failure.text = check.detail
+        ET.ElementTree(suite).write(path, encoding="unicode", xml_declaration=True)
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def summarize(checks: list[Check]) -> list[Check]:
+    """Collapse per-layer rows into one row per group when they all pass (short terminal table)."""
+    rows: list[Check] = []
+    by_group: dict[str, list[Check]] = {}
+    for c in checks:
+        by_group.setdefault(c.group, []).append(c)
+    for group, items in by_group.items():
+        if len(items) > 3 and all(c.passed for c in items):
+            worst = max(items, key=lambda c: c.rel_rms or 0.0)
+            rows.append(
+                Check(f"{len(items)} {group}", group, True, f"worst: {worst.name}", worst.max_abs, worst.rel_rms)
+            )
+        else:
+            rows.extend(items)
+    return rows
+
+
+def print_report(report: VerifyReport, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"verification of {report.model} ({report.dtype}, {report.device})")
+    for column in ("check", "result", "max abs", "rel. to RMS", "detail"):
+        table.add_column(column)
+    for c in summarize(report.checks):
+        table.add_row(
+            c.name,
+            "[green]pass[/]" if c.passed else "[red]FAIL[/]",
+            "" if c.max_abs is None else f"{c.max_abs:.2e}",
+            "" if c.rel_rms is None else f"{c.rel_rms:.2e}",
+            c.detail,
+        )
+    console.print(table)
+    if report.first_divergence:
+        console.print(f"[red]first divergence:[/] {report.first_divergence}")
