@@ -63,6 +63,67 @@ def inspect(
         typer.echo(f"layer graph written to {json_out}")
 
 
+@app.command()
+def port(
+    repo: Repo,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default: ./<name>-keras).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Python package name (default: from the repo id).")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Prove numerical equivalence with the HF model.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    revision: Revision = None,
+    token: Token = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
+    device: Annotated[str, typer.Option(help="Torch device for verification (cpu, cuda).")] = "cpu",
+    dtype: Annotated[
+        str, typer.Option(help="Compute dtype: float32 (exact), bfloat16 or float16.")
+    ] = "float32",
+    junit: Annotated[
+        Path | None, typer.Option(help="Also write the verification as JUnit XML.")
+    ] = None,
+) -> None:
+    """Generate a KerasHub package for a checkpoint, convert its weights, optionally verify."""
+    from rich.console import Console
+
+    from hf2kh.port import PortOptions, package_name, run_port
+    from hf2kh.summary import print_summary
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise typer.BadParameter("dtype must be float32, bfloat16 or float16")
+    console = Console(stderr=True)
+    out = out or Path(f"{package_name(repo, name)}-keras")
+    options = PortOptions(
+        repo=repo,
+        out=out,
+        name=name,
+        verify=verify,
+        force=force,
+        revision=revision,
+        token=token,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        dtype=dtype,
+        junit=junit,
+    )
+    if device != "cpu":
+        os.environ.setdefault("KERAS_TORCH_DEVICE", device)
+    result = run_port(options, progress=lambda line: console.print(f"[cyan]>[/] {line}"))
+    print_summary(result)
+    if result.verification is not None and not result.verification.passed:
+        from hf2kh.errors import VerificationFailed
+
+        raise VerificationFailed(
+            f"verification failed: {result.verification.first_divergence or 'see the table above'}"
+        )
+
+
 def main() -> None:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
