@@ -58,6 +58,19 @@ def package_name(repo: str, name: str | None) -> str:
     return clean
 
 
+def check_name_is_free(name: str) -> None:
+    """Refuse a package whose classes would shadow KerasHub's own (e.g. `gemma` -> GemmaBackbone)."""
+    import keras_hub
+
+    prefix = "".join(part.capitalize() for part in name.split("_"))
+    taken = {n.lower() for n in dir(keras_hub.models)}
+    if f"{prefix}backbone".lower() in taken:
+        raise Hf2khError(
+            f"package name {name!r} would shadow keras_hub.models.{prefix}Backbone; "
+            "pass --name with another name"
+        )
+
+
 def run_port(options: PortOptions, progress: Callable[[str], None] = print) -> PortResult:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     out = options.out.resolve()
@@ -107,6 +120,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         )
     config = load_config(ckpt)
     name = package_name(options.repo, options.name)
+    check_name_is_free(name)
 
     progress("inspect: recording the layer graph on the meta device")
     graph, meta_model = build_graph_and_model(config, options.trust_remote_code)

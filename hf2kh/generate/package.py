@@ -48,15 +48,13 @@ def tokenizer_module(ctx: Context) -> str:
     base = tok.tokenizer_module_source(
         spec, f"{ctx.prefix}TokenizerBase", header=header(ctx, "Tokenizer.")
     )
-    roles = [
-        (role, token)
-        for role, token in (
-            ("start_token", spec.bos_token),
-            ("end_token", spec.eos_token),
-            ("pad_token", spec.pad_token),
-        )
-        if token is not None
-    ]
+    all_roles = (
+        ("start_token", spec.bos_token),
+        ("end_token", spec.eos_token),
+        ("pad_token", spec.pad_token),
+    )
+    roles = [(role, token) for role, token in all_roles if token is not None]
+    missing = [f"{role}_id" for role, token in all_roles if token is None]
     lines = base.splitlines()
     anchor = next(i for i, line in enumerate(lines) if line.startswith("import keras_hub"))
     lines[anchor + 1 : anchor + 1] = [
@@ -64,7 +62,7 @@ def tokenizer_module(ctx: Context) -> str:
         f"from {ctx.import_prefix}{ctx.package}_backbone import {ctx.prefix}Backbone",
     ]
     subclass = environment().get_template("tokenizer_roles.py.jinja").render(
-        ctx=ctx, roles=roles, has_pad=spec.pad_token is not None
+        ctx=ctx, roles=roles, missing=missing
     )
     return "\n".join(lines) + "\n" + subclass
 

@@ -45,18 +45,28 @@ Why subclasses: the stock KerasHub tokenizers are not exact for these checkpoint
 Inside `tf.data`/`tf.function` each subclass runs the same Python code through `tf.py_function`
 (as KerasHub's `MistralTekkenTokenizer` does), so graph and eager ids agree.
 
-SentencePiece models that exist only as `tokenizer.json` (Unigram, or BPE with byte fallback), and
-models whose `tokenizer.model` disagrees with the pipeline transformers runs (transformers 5 turns
-any `.model` read by `LlamaTokenizer`/`GemmaTokenizer` into BPE merges), get a `ModelProto` built
-from the effective pipeline: Unigram scores are copied; BPE pieces are scored by the rank of the
-first merge that produces them (SentencePiece BPE merges the best-scored piece first) and pieces no
-merge produces are marked UNUSED. Piece types come from the original `.model` where it agrees.
+`vocabulary.spm` is always built from the pipeline transformers runs, which covers SentencePiece
+models that exist only as `tokenizer.json` (Unigram, or BPE with byte fallback and `Metaspace`) and
+`.model` files that transformers reads differently from SentencePiece (transformers 5 turns any
+`.model` read by `LlamaTokenizer`/`GemmaTokenizer` into BPE merges, even a Unigram one). Unigram
+scores are copied; BPE pieces are scored by the rank of the first merge that produces them
+(SentencePiece BPE merges the best-scored piece first) and pieces no merge produces are UNUSED;
+piece types and trainer fields come from the checkpoint's `.model` where it agrees.
 
-Known limits, recorded in `TokenizerSpec.notes` when a checkpoint hits them: SentencePiece BPE
-applies any split of a vocabulary piece while HF BPE applies only listed merges (identical for
-merges derived from a SentencePiece model, which list every split); `ignore_merges` in a
-SentencePiece-style BPE; BPE dropout; added tokens with `normalized=True` in a SentencePiece model
-whose normalizer changes them.
+Known limits (the spec's `notes` name those a checkpoint hits; none is hit by the test fixtures):
+
+- SentencePiece BPE may join any two adjacent symbols that form a vocabulary piece; HF BPE joins
+  only listed merges, and ranks different splits of one piece apart. Identical for merges derived
+  from a SentencePiece model (they list every split), not guaranteed for a BPE trained elsewhere.
+- SentencePiece-style BPE with `ignore_merges`; BPE dropout (ported as no dropout).
+- A SentencePiece-style model with only some of the 256 byte pieces (SentencePiece then cannot
+  fall back to bytes at all).
+- Added tokens with `normalized=True` in a SentencePiece-style model whose normalizer changes them
+  (matched in the raw text); `single_word` added tokens in a Unigram model (HF's Unigram can still
+  pick the piece inside a word, SentencePiece cannot).
+- A `Precompiled` normalizer is copied into the `.spm` but not covered by tests.
+- Pipelines of other shapes (several `Split`s, `WhitespaceSplit` + `Metaspace` as in T5, `Strip`,
+  lowercasing outside BERT, ...) raise `UnsupportedModelError` naming the step.
 """
 
 from __future__ import annotations
@@ -478,27 +488,37 @@ def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
                 prepend_scheme = scheme
             split_on_whitespace = bool(step.get("split", True))
         elif (
-            kind == "Split"
-            and (step.get("pattern") or {}).get("String") == " "
-            and spaces_replaced
+            kind == "Split" and (step.get("pattern") or {}).get("String") == " " and spaces_replaced
         ):
             continue  # splits on " " after " " became "▁": nothing to split (Gemma)
         else:
             raise UnsupportedModelError(
                 f"{where}: SentencePiece-style pre-tokenizer {kind!r} ({step}) is not supported."
             )
+    vocab = _vocab_ids(view)
+    byte_pieces = sum(f"<0x{b:02X}>" in vocab for b in range(256))
+    if model.get("byte_fallback") and 0 < byte_pieces < 256:
+        notes.append(
+            f"Only {byte_pieces} of 256 byte pieces: SentencePiece needs all of them for byte "
+            "fallback, so characters HF would spell in bytes become unknown."
+        )
     drop_unknown = False
     if model.get("type") == "BPE":
-        vocab = model.get("vocab") or {}
-        has_bytes = all(f"<0x{b:02X}>" in vocab for b in range(256))
         # HF BPE with neither an unknown token nor byte pieces drops what it cannot encode.
-        drop_unknown = not model.get("unk_token") and not (model.get("byte_fallback") and has_bytes)
+        byte_fallback = model.get("byte_fallback") and byte_pieces == 256
+        drop_unknown = not model.get("unk_token") and not byte_fallback
         if model.get("ignore_merges"):
             notes.append("BPE ignore_merges is not reproduced by SentencePiece BPE.")
         for key in ("continuing_subword_prefix", "end_of_word_suffix"):
             if model.get(key):
                 raise UnsupportedModelError(f"{where}: SentencePiece-style BPE with {key}.")
-    if any(a.get("normalized") for a in view.backend.get("added_tokens") or []) and norms:
+    added = view.backend.get("added_tokens") or []
+    if model.get("type") == "Unigram" and any(a.get("single_word") for a in added):
+        notes.append(
+            "single_word added tokens: where HF declines to cut one out of a word, its Unigram "
+            "model may still pick the piece; SentencePiece never does."
+        )
+    if any(a.get("normalized") for a in added) and norms:
         notes.append(
             "Added tokens with normalized=True are matched in the raw text, not the normalized."
         )
@@ -626,8 +646,7 @@ def sentencepiece_proto(view_or_dir: _HFView | Path, spec: TokenizerSpec) -> byt
     added = {a["id"]: a for a in view.backend.get("added_tokens") or []}
     tokens = _id_ordered_tokens(view)
     is_unigram = model.get("type") == "Unigram"
-    # HF falls back to bytes only when all 256 byte pieces exist (else to the unknown token);
-    # SentencePiece refuses byte_fallback without them.
+    # SentencePiece refuses byte_fallback without all 256 byte pieces (see the spec's notes).
     byte_pieces = sum(1 for t in tokens if _BYTE_PIECE.fullmatch(t))
     byte_fallback = bool(model.get("byte_fallback")) and byte_pieces >= 256
 
@@ -678,7 +697,9 @@ def sentencepiece_proto(view_or_dir: _HFView | Path, spec: TokenizerSpec) -> byt
             if kept in (piece_type.CONTROL, piece_type.USER_DEFINED):
                 piece.type = kept
             else:
-                piece.type = piece_type.CONTROL if added[index]["special"] else piece_type.USER_DEFINED
+                piece.type = (
+                    piece_type.CONTROL if added[index]["special"] else piece_type.USER_DEFINED
+                )
         elif byte_fallback and _BYTE_PIECE.fullmatch(token):
             piece.type = piece_type.BYTE
         elif not is_unigram and len(token) > 1 and index not in scores:
