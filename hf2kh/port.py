@@ -100,7 +100,12 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     from hf2kh.generate.context import Context
     from hf2kh.generate.package import write_package
     from hf2kh.generate.tokenizer import read_tokenizer_spec
-    from hf2kh.generate.weight_map import audit, build_table, declare_unmapped
+    from hf2kh.generate.weight_map import (
+        audit_checkpoint,
+        audit_keras,
+        build_table,
+        declare_unmapped,
+    )
     from hf2kh.inspect.build import build_graph_and_model
     from hf2kh.recognize import recognize_decoder
     from hf2kh.source import load_config, open_checkpoint, tensor_index
@@ -144,6 +149,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         {t.name: t.target for t in graph.tied},
         list(getattr(meta_model, "_keys_to_ignore_on_load_unexpected", None) or []),
     )
+    audit_checkpoint(table, {n: i.shape for n, i in index.items()})
 
     progress("generate: writing the KerasHub package")
     preset_dir = staging / "preset"
@@ -158,7 +164,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     module = import_generated(staging, name)
     backbone_cls = getattr(module, f"{spec.class_prefix}Backbone")
     keras_variables = _keras_variables(backbone_cls, ctx.backbone_config)
-    audit(table, {n: i.shape for n, i in index.items()}, keras_variables)
+    audit_keras(table, keras_variables)
 
     progress("convert: running the generated conversion script")
     run_conversion(staging, name, ckpt.path, preset_dir, options.dtype)

@@ -188,20 +188,25 @@ def declare_unmapped(
             table.declared[name] = "ignored by transformers when loading this model"
 
 
-def audit(
-    table: WeightTable,
-    checkpoint: dict[str, tuple[int, ...]],
-    keras_variables: dict[str, tuple[int, ...]],
-) -> None:
-    """Every checkpoint tensor used exactly once (or declared), every Keras variable filled exactly
-    once, shapes agree. Raises `WeightAuditError` naming what is wrong."""
+def _raise(problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise WeightAuditError("weight audit failed: " + "; ".join(problems[:3]) + more)
+
+
+def audit_checkpoint(table: WeightTable, checkpoint: dict[str, tuple[int, ...]]) -> None:
+    """Every checkpoint tensor used exactly once (or declared), each with the expected shape;
+    every row's tensor present. Raises `WeightAuditError` naming what is wrong."""
     problems: list[str] = []
     used: dict[str, list[dict | None]] = {}
     for row in table.rows:
         split = next((op for op in row.transform if op["op"] == "split"), None)
         used.setdefault(row.hf_name, []).append(split)
         if row.hf_name not in checkpoint:
-            problems.append(f"the table needs {row.hf_name}, which the checkpoint does not have")
+            problems.append(
+                f"Keras variable {row.keras_path} is left unfilled: "
+                f"the checkpoint has no {row.hf_name}"
+            )
         elif tuple(checkpoint[row.hf_name]) != tuple(row.hf_shape):
             problems.append(
                 f"{row.hf_name} has shape {tuple(checkpoint[row.hf_name])}, expected {row.hf_shape}"
@@ -215,6 +220,12 @@ def audit(
                 problems.append(f"{name} is split into parts {indices}, not each part once")
     unused = sorted(set(checkpoint) - set(used) - set(table.declared))
     problems += [f"checkpoint tensor {n} is not used by the port" for n in unused]
+    _raise(problems)
+
+
+def audit_keras(table: WeightTable, keras_variables: dict[str, tuple[int, ...]]) -> None:
+    """Every Keras variable filled exactly once, with the shape the table makes."""
+    problems: list[str] = []
     filled: dict[str, int] = {}
     for row in table.rows:
         filled[row.keras_path] = filled.get(row.keras_path, 0) + 1
@@ -226,7 +237,7 @@ def audit(
                 f"the table makes {row.keras_shape}"
             )
     problems += [f"Keras variable {p} is filled {n} times" for p, n in filled.items() if n > 1]
-    problems += [f"Keras variable {p} is never filled" for p in sorted(set(keras_variables) - set(filled))]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise WeightAuditError("weight audit failed: " + "; ".join(problems[:3]) + more)
+    problems += [
+        f"Keras variable {p} is never filled" for p in sorted(set(keras_variables) - set(filled))
+    ]
+    _raise(problems)
