@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -84,12 +86,29 @@ def build_graph_and_model(config, trust_remote_code: bool = False):
     model = instantiate(config, "meta", trust_remote_code=trust_remote_code)
     inputs = sample_inputs(config, "meta")
     try:
-        recording, _ = record_forward(model, inputs)
+        with _meta_mask_checks():
+            recording, _ = record_forward(model, inputs)
     except Exception as exc:  # noqa: BLE001 - a model whose forward cannot run on meta
         raise UnsupportedModelError(
             f"the sample forward of {type(model).__name__} failed on the meta device: {_one_line(exc)}"
         ) from exc
     return graph_from_model(model, config, inputs, recording), model
+
+
+def _meta_mask_checks():
+    """Answer transformers' "can the padding mask be skipped?" check without reading data.
+
+    Bidirectional (encoder) masks call `padding_mask.all()` and branch on it, which cannot be
+    evaluated on `meta`. The sample batch is padded (see `sample_inputs`), so on a real device the
+    answer is "no": the mask is built, as it is here.
+    """
+    import transformers.masking_utils as masking
+
+    if not hasattr(masking, "_ignore_bidirectional_mask_sdpa"):
+        return contextlib.nullcontext()
+    return mock.patch.object(
+        masking, "_ignore_bidirectional_mask_sdpa", lambda *args, **kwargs: False
+    )
 
 
 def graph_from_model(model, config, inputs, recording: Recording) -> LayerGraph:

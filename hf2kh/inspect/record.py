@@ -133,6 +133,12 @@ class _Recorder(TorchFunctionMode):
                 call.outputs.append(self.value_id(t, producer=index))
             else:
                 call.outputs.append(self.value_id(t))
+        target = args[0] if args else None
+        if _mutates(name) and isinstance(target, torch.Tensor):
+            # `x.add_(y)`, `x += y`, `x[i] = y`: x now holds a new value, made by this call.
+            # Later reads of x must depend on it, not on x's value before the call.
+            self._ids.pop(id(target), None)
+            call.outputs.append(self.value_id(target, producer=index))
         return out
 
     # -- module hooks ------------------------------------------------------------------------
@@ -172,6 +178,28 @@ class _Recorder(TorchFunctionMode):
             return None
 
         return hook
+
+
+_INPLACE_DUNDERS = {
+    "__setitem__",
+    "__iadd__",
+    "__isub__",
+    "__imul__",
+    "__itruediv__",
+    "__ifloordiv__",
+    "__imod__",
+    "__ipow__",
+    "__iand__",
+    "__ior__",
+    "__ixor__",
+    "__ilshift__",
+    "__irshift__",
+}
+
+
+def _mutates(name: str) -> bool:
+    """True for torch's in-place ops (`add_`, `masked_fill_`, `__iadd__`, `__setitem__`...)."""
+    return name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
 
 
 def _constants(obj: Any) -> list[str]:

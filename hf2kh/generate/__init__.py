@@ -1,0 +1,1 @@
+"""generate: model spec -> KerasHub package (templates, weight map and audit, tokenizer)."""

@@ -1,0 +1,1 @@
+"""verify: prove a port computes what the original computes (comparisons, checks, reports)."""
