@@ -137,6 +137,9 @@ class TokenizerSpec:
     added_token_options: tuple[tuple[str, bool, bool, bool, bool], ...] = ()
     vocabulary_size: int = 0  # largest id + 1, added tokens included
     notes: tuple[str, ...] = ()  # anything that is not reproduced exactly
+    # How the original decodes: {"pipeline": <`tokenizers` decoder JSON>,
+    # "clean_up_tokenization_spaces": bool} (the latter is transformers' post-processing).
+    decoder: str | None = None
 
     def keras_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of the generated tokenizer class (assets come separately)."""
@@ -152,6 +155,7 @@ class TokenizerSpec:
                 "add_prefix_space": self.add_prefix_space,
                 "unsplittable_tokens": list(self.special_tokens),
                 "added_token_options": options or None,
+                "decoder": self.decoder,
             }
         if self.kind == "sentencepiece":
             return {
@@ -160,6 +164,7 @@ class TokenizerSpec:
                 "split_on_whitespace": self.split_on_whitespace,
                 "added_token_options": options or None,
                 "drop_unknown": self.drop_unknown,
+                "decoder": self.decoder,
             }
         return {
             "lowercase": self.lowercase,
@@ -172,6 +177,7 @@ class TokenizerSpec:
             "special_tokens": list(self.special_tokens),
             "special_tokens_in_strings": True,
             "added_token_options": options or None,
+            "decoder": self.decoder,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -402,7 +408,16 @@ def read_tokenizer_spec(checkpoint_dir: Path) -> TokenizerSpec:
         details = _wordpiece_details(view)
         if common["unk_token"] is None:
             common["unk_token"] = view.backend["model"].get("unk_token")
-    return TokenizerSpec(**common, **details, notes=tuple(notes))
+    decoder = view.backend.get("decoder")
+    clean_up = bool(getattr(view.hf, "clean_up_tokenization_spaces", False))
+    decoder_json = (
+        json.dumps(
+            {"pipeline": decoder, "clean_up_tokenization_spaces": clean_up}, ensure_ascii=False
+        )
+        if decoder
+        else None
+    )
+    return TokenizerSpec(**common, **details, notes=tuple(notes), decoder=decoder_json)
 
 
 def _byte_bpe_details(view: _HFView) -> dict:
