@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Relative error (max abs error / reference RMS) allowed per compute dtype.
-TOLERANCES = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 5e-2}
+# Max abs error relative to the float32 reference's RMS, allowed per compute dtype of the port.
+# Reduced precision rounds weights and activations (bfloat16 keeps 8 significant bits, float16
+# 11); the worst element over a whole batch of logits then lands near 10x / 2x those roundings.
+# A real porting bug (a wrong eps, rope or layout) shows up as an error of order 1.
+TOLERANCES = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 1e-1}
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def verify_decoder(
     report.checks.append(_check(_worst(logits), "logits", f"batches {shapes}, right padding"))
     report.first_divergence = _first_divergence(report.checks, block_paths)
 
-    report.checks.append(_greedy_check(hf_model, causal_lm, vocab, new_tokens))
+    report.checks.append(_greedy_check(hf_model, causal_lm, vocab, new_tokens, tolerance))
     report.checks.extend(_tokenizer_checks(hf_tokenizer, causal_lm.preprocessor, corpus))
     return report
 
@@ -163,24 +163,30 @@ def _first_divergence(checks: list[Check], block_paths: list[str]) -> str | None
     return None
 
 
-def hf_greedy(hf_model, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], list[float]]:
-    """HF's greedy continuation by full forward passes (no cache), with the top-2 margins."""
+def hf_greedy(hf_model, prompt: np.ndarray, new_tokens: int, with_scale: bool = False):
+    """HF's greedy continuation by full forward passes (no cache), with the top-2 margins (and,
+    with `with_scale`, the RMS of each step's logits)."""
     device = next(hf_model.parameters()).device
     ids = torch.as_tensor(prompt, dtype=torch.long, device=device)
-    tokens, margins = [], []
+    tokens, margins, scales = [], [], []
     with torch.no_grad():
         for _ in range(new_tokens):
             last = hf_model(input_ids=ids).logits[0, -1].float()
             top = torch.topk(last, 2)
             tokens.append(int(top.indices[0]))
             margins.append(float(top.values[0] - top.values[1]))
+            scales.append(float(last.pow(2).mean().sqrt()))
             ids = torch.cat([ids, top.indices[:1].view(1, 1)], dim=1)
+    if with_scale:
+        return tokens, margins, scales
     return tokens, margins
 
 
-def _greedy_check(hf_model, causal_lm, vocab: int, new_tokens: int) -> Check:
+def _greedy_check(hf_model, causal_lm, vocab: int, new_tokens: int, tolerance: float) -> Check:
+    """Greedy tokens must be identical; in reduced precision a first difference at a near tie
+    (HF's top-2 margin within the dtype's error on the logits) is reported, not failed."""
     prompt = np.random.default_rng(99).integers(0, vocab, size=(1, 6)).astype("int32")
-    expected, margins = hf_greedy(hf_model, prompt, new_tokens)
+    expected, margins, scales = hf_greedy(hf_model, prompt, new_tokens, with_scale=True)
     total = prompt.shape[1] + new_tokens
     token_ids = np.zeros((1, total), "int32")
     token_ids[0, : prompt.shape[1]] = prompt[0]
@@ -198,11 +204,13 @@ def _greedy_check(hf_model, causal_lm, vocab: int, new_tokens: int) -> Check:
     if got == expected:
         return Check(name, "generation", True, f"identical; smallest top-2 margin {min(margins):.2e}")
     first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+    near_tie = tolerance > TOLERANCES["float32"] and margins[first] <= 4 * tolerance * scales[first]
     return Check(
         name,
         "generation",
-        False,
-        f"token {first} differs: {got[first]} vs HF {expected[first]} (HF top-2 margin {margins[first]:.2e})",
+        near_tie,
+        f"token {first} differs: {got[first]} vs HF {expected[first]}, HF top-2 margin "
+        f"{margins[first]:.2e}" + (" (a near tie at this precision)" if near_tie else ""),
     )
 
 
