@@ -59,7 +59,7 @@ def package_name(repo: str, name: str | None) -> str:
 
 
 def check_name_is_free(name: str) -> None:
-    """Refuse a package whose classes would shadow KerasHub's own (e.g. `gemma` -> GemmaBackbone)."""
+    """Refuse a package whose classes would shadow KerasHub's (e.g. `gemma` -> GemmaBackbone)."""
     import keras_hub
 
     prefix = "".join(part.capitalize() for part in name.split("_"))
@@ -154,9 +154,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     progress("generate: writing the KerasHub package")
     preset_dir = staging / "preset"
     num_params = sum(_numel(p.shape) for p in graph.parameters)
-    ctx = Context(
-        spec, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params
-    )
+    ctx = Context(spec, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params)
     hf_model = load_hf_model(ckpt, config, options)
     hf_tokenizer = load_hf_tokenizer(ckpt)
     package_dir = staging / name
@@ -192,7 +190,9 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     }
     if options.verify:
         progress("verify: comparing HF and the converted KerasHub model")
-        verification = verify_port(module, spec, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options)
+        verification = verify_port(
+            module, spec, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options
+        )
         result.verification = verification
         report["checks"] = verification.to_json()["checks"]
         report["first_divergence"] = verification.first_divergence
@@ -226,7 +226,9 @@ def load_hf_model(ckpt, config, options: PortOptions):
             use_safetensors=ckpt.weight_format == "safetensors",
         )
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
-        raise SourceError(f"transformers cannot load the checkpoint: {str(exc).splitlines()[0]}") from exc
+        raise SourceError(
+            f"transformers cannot load the checkpoint: {str(exc).splitlines()[0]}"
+        ) from exc
     if options.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -240,7 +242,9 @@ def load_hf_tokenizer(ckpt):
     try:
         return AutoTokenizer.from_pretrained(ckpt.path, trust_remote_code=ckpt.trust_remote_code)
     except Exception as exc:  # noqa: BLE001
-        raise SourceError(f"the checkpoint's tokenizer cannot be loaded: {str(exc).splitlines()[0]}") from exc
+        raise SourceError(
+            f"the checkpoint's tokenizer cannot be loaded: {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 def import_generated(parent: Path, name: str):
@@ -289,7 +293,9 @@ def verify_port(module, spec, preset_dir, hf_model, hf_tokenizer, tokenizer_spec
     causal_lm = keras_hub.models.CausalLM.from_preset(str(preset_dir))
     expected_cls = getattr(module, f"{spec.class_prefix}CausalLM")
     if type(causal_lm) is not expected_cls:
-        raise VerificationFailed(f"the preset loads as {type(causal_lm).__name__}, not {expected_cls.__name__}")
+        raise VerificationFailed(
+            f"the preset loads as {type(causal_lm).__name__}, not {expected_cls.__name__}"
+        )
     blocks = [spec.weights["block"].hf_name.format(i=i) for i in range(spec.num_layers)]
     return verify_decoder(
         hf_model,

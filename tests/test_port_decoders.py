@@ -21,6 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from hf2kh.cli import app
+from hf2kh.generate.render import RUFF_SETTINGS
 from hf2kh.port import import_generated
 
 DECODERS = [
@@ -158,6 +159,7 @@ def test_generated_code_is_ruff_clean(ported, name):
             "-m",
             "ruff",
             "check",
+            *RUFF_SETTINGS,
             "--isolated",
             "--select",
             "E,F,W,I,B",

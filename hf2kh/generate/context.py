@@ -201,10 +201,7 @@ class Context:
     @property
     def preset_description(self) -> str:
         s = self.spec
-        return (
-            f"{s.num_layers}-layer decoder ported from {s.source} "
-            f"({s.hf_model_class}) by hf2kh."
-        )
+        return f"{s.num_layers}-layer decoder ported from {s.source} ({s.hf_model_class}) by hf2kh."
 
     @property
     def small_backbone_config(self) -> dict[str, Any]:

@@ -28,7 +28,8 @@ def write_package(
     hf_tokenizer,
 ) -> list[Path]:
     directory.mkdir(parents=True)
-    written = render_package(ctx, directory, {f"{ctx.package}_tokenizer.py": tokenizer_module(ctx)})
+    module = tokenizer_module(ctx, pad_fallback_id(ctx, hf_tokenizer))
+    written = render_package(ctx, directory, {f"{ctx.package}_tokenizer.py": module})
     assets = directory / "assets"
     assets.mkdir()
     tok.write_assets(checkpoint_dir, ctx.tokenizer, assets)
@@ -41,17 +42,28 @@ def write_package(
     return written + [assets, directory / "weight_map.json", directory / "WEIGHTS.md", testdata]
 
 
-def tokenizer_module(ctx: Context) -> str:
+def pad_fallback_id(ctx: Context, hf_tokenizer) -> int:
+    """A pad id for checkpoints without a pad token: the smallest id that is not a start or stop
+    token (padding is masked, but KerasHub's samplers stop on a pad that equals a stop token)."""
+    spec = ctx.tokenizer
+    taken = {hf_tokenizer.convert_tokens_to_ids(t) for t in (spec.bos_token, spec.eos_token) if t}
+    return next(i for i in range(len(taken) + 1) if i not in taken)
+
+
+def tokenizer_module(ctx: Context, pad_fallback: int) -> str:
     """The tokenizer file: the exact-pipeline base class for this tokenizer kind, then the model's
     tokenizer, which names its special tokens the way KerasHub's model tokenizers do."""
     spec = ctx.tokenizer
     base = tok.tokenizer_module_source(
         spec, f"{ctx.prefix}TokenizerBase", header=header(ctx, "Tokenizer.")
     )
+    # A pad token that is also the end token would stop KerasHub's samplers at once: padding is
+    # masked anyway, so such a checkpoint gets the fallback pad id instead.
+    pad = spec.pad_token if spec.pad_token != spec.eos_token else None
     all_roles = (
         ("start_token", spec.bos_token),
         ("end_token", spec.eos_token),
-        ("pad_token", spec.pad_token),
+        ("pad_token", pad),
     )
     roles = [(role, token) for role, token in all_roles if token is not None]
     missing = [f"{role}_id" for role, token in all_roles if token is None]
@@ -61,8 +73,10 @@ def tokenizer_module(ctx: Context) -> str:
         "import keras",
         f"from {ctx.import_prefix}{ctx.package}_backbone import {ctx.prefix}Backbone",
     ]
-    subclass = environment().get_template("tokenizer_roles.py.jinja").render(
-        ctx=ctx, roles=roles, missing=missing
+    subclass = (
+        environment()
+        .get_template("tokenizer_roles.py.jinja")
+        .render(ctx=ctx, roles=roles, missing=missing, pad_fallback=pad_fallback)
     )
     return "\n".join(lines) + "\n" + subclass
 

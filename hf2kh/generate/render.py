@@ -53,7 +53,9 @@ def package_files(ctx: Context) -> dict[str, str]:
     return files
 
 
-def render_package(ctx: Context, directory: Path, extra: dict[str, str] | None = None) -> list[Path]:
+def render_package(
+    ctx: Context, directory: Path, extra: dict[str, str] | None = None
+) -> list[Path]:
     """Write the package's Python files into `directory`; returns the paths written."""
     env = environment()
     spec = ctx.spec
@@ -83,7 +85,12 @@ def render_package(ctx: Context, directory: Path, extra: dict[str, str] | None =
 
 def _ruff() -> list[str]:
     exe = shutil.which("ruff")
-    return [exe] if exe else [sys.executable, "-m", "ruff"]
+    if exe:
+        return [exe]
+    probe = subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True)
+    if probe.returncode != 0:
+        raise Hf2khError("ruff is needed to format the generated code: pip install ruff")
+    return [sys.executable, "-m", "ruff"]
 
 
 def format_and_lint(directory: Path) -> None:
@@ -93,16 +100,32 @@ def format_and_lint(directory: Path) -> None:
     wrap is a long literal such as the checkpoint path in the header.
     """
     isolated = ["--isolated", *RUFF_SETTINGS]
+    ruff = _ruff()
     subprocess.run(
-        [*_ruff(), "check", "--fix", "--select", "I", *isolated, "-q", str(directory)],
+        [*ruff, "check", "--fix", "--select", "I", *isolated, "-q", str(directory)],
         check=False,
         capture_output=True,
     )
-    subprocess.run([*_ruff(), "format", *isolated, "-q", str(directory)], check=True)
+    subprocess.run([*ruff, "format", *isolated, "-q", str(directory)], check=True)
     result = subprocess.run(
-        [*_ruff(), "check", *isolated, "--select", "E,F,W,I,B", "--ignore", "E501", "--output-format", "concise", "-q", str(directory)],
+        [
+            *ruff,
+            "check",
+            *isolated,
+            "--select",
+            "E,F,W,I,B",
+            "--ignore",
+            "E501",
+            "--output-format",
+            "concise",
+            "-q",
+            str(directory),
+        ],
         capture_output=True,
         text=True,
     )
     if result.returncode != 0:
-        raise Hf2khError("generated code is not lint-clean: " + " | ".join(result.stdout.strip().splitlines()[:6]))
+        raise Hf2khError(
+            "generated code is not lint-clean: "
+            + " | ".join(result.stdout.strip().splitlines()[:6])
+        )

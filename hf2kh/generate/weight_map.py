@@ -90,7 +90,11 @@ def keras_paths(spec: ModelSpec) -> dict[str, str]:
 
 def _head_shapes(spec: ModelSpec) -> dict[str, int]:
     a = spec.attention
-    return {"query": a.num_query_heads, "key": a.num_key_value_heads, "value": a.num_key_value_heads}
+    return {
+        "query": a.num_query_heads,
+        "key": a.num_key_value_heads,
+        "value": a.num_key_value_heads,
+    }
 
 
 def _transform(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
@@ -115,7 +119,9 @@ def _transform(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
     return ops, tuple(shape)
 
 
-def build_table(spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]], hf_dtypes=None) -> WeightTable:
+def build_table(
+    spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]], hf_dtypes=None
+) -> WeightTable:
     """Expand the spec's roles over the blocks into rows (fused qkv split into three rows)."""
     hf_dtypes = hf_dtypes or {}
     paths = keras_paths(spec)
@@ -230,7 +236,9 @@ def audit_keras(table: WeightTable, keras_variables: dict[str, tuple[int, ...]])
     for row in table.rows:
         filled[row.keras_path] = filled.get(row.keras_path, 0) + 1
         if row.keras_path not in keras_variables:
-            problems.append(f"the table fills {row.keras_path}, which the Keras model does not have")
+            problems.append(
+                f"the table fills {row.keras_path}, which the Keras model does not have"
+            )
         elif tuple(keras_variables[row.keras_path]) != tuple(row.keras_shape):
             problems.append(
                 f"{row.keras_path} has shape {tuple(keras_variables[row.keras_path])}, "

@@ -85,7 +85,8 @@ def _describe(graph: LayerGraph, a: dict[str, Any], b: dict[str, Any]) -> list[s
         for va, vb in zip(a["shared_inputs"], b["shared_inputs"], strict=False):
             if va != vb:
                 diffs.append(
-                    f"reads a different shared input: {graph.value(va).source} vs {graph.value(vb).source}"
+                    "reads a different shared input: "
+                    f"{graph.value(va).source} vs {graph.value(vb).source}"
                 )
     return diffs
 

@@ -90,7 +90,8 @@ def build_graph_and_model(config, trust_remote_code: bool = False):
             recording, _ = record_forward(model, inputs)
     except Exception as exc:  # noqa: BLE001 - a model whose forward cannot run on meta
         raise UnsupportedModelError(
-            f"the sample forward of {type(model).__name__} failed on the meta device: {_one_line(exc)}"
+            f"the sample forward of {type(model).__name__} failed on the meta device: "
+            f"{_one_line(exc)}"
         ) from exc
     return graph_from_model(model, config, inputs, recording), model
 

@@ -11,7 +11,7 @@ JSON schema (`SCHEMA_VERSION` is bumped on any incompatible change; readers must
       "tied": [{"name", "target"}],          # extra names of a shared tensor -> its canonical name
       "buffers": [{"name", "shape", "dtype", "module"}],
       "modules": [{"path", "class_name", "class_module", "num_params", "param_names",
-                   "children", "attributes", "calls"}],      # == named_modules(); path "" is the root
+                   "children", "attributes", "calls"}],  # == named_modules(); "" = root
       "calls": [{"index", "kind", "target", "scope", "inputs", "outputs", "constants"}],
       "values": [{"id", "shape", "dtype", "source"}],
       "block_groups": [{"container", "indices", "class_name", "variants"}]

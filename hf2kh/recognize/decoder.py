@@ -164,7 +164,9 @@ def recognize_decoder(
         raise UnsupportedModelError(f"{block0}: MLP input does not follow the attention residual")
     layout = "parallel" if parallel else "sequential"
     evidence.append(
-        f"block: {'attention and MLP read the block input (parallel)' if parallel else 'norm -> attention -> add -> norm -> MLP -> add'}"
+        "block: attention and MLP read the block input (parallel)"
+        if parallel
+        else "block: norm -> attention -> add -> norm -> MLP -> add"
     )
 
     norm = _norm_spec(G, attn_norm, hidden_dim)

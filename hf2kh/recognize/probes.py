@@ -1,4 +1,4 @@
-"""Numeric probes: run a HF submodule on random inputs and keep the candidate reference that matches.
+"""Numeric probes: run a HF submodule on random inputs, keep the candidate reference that matches.
 
 Submodules come from the meta-device model; a probe copies one to the CPU with random weights, so
 probing a 70B model's norm costs a few KB.

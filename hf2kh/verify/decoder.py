@@ -100,7 +100,9 @@ def verify_decoder(
     backbone = causal_lm.backbone
     vocab = backbone.vocabulary_size
     cases = cases or default_cases(getattr(backbone, "max_sequence_length", None))
-    layer_model = keras.Model(backbone.input, [layer.output for layer in backbone.transformer_layers])
+    layer_model = keras.Model(
+        backbone.input, [layer.output for layer in backbone.transformer_layers]
+    )
     per_layer: list[list[Comparison]] = [[] for _ in block_paths]
     alone: list[list[Comparison]] = [[] for _ in block_paths]
     embeds: list[Comparison] = []
@@ -112,23 +114,40 @@ def verify_decoder(
         try:
             with torch.no_grad():
                 device_of = next(hf_model.parameters()).device
-                hf_logits = hf_model(
-                    input_ids=torch.as_tensor(token_ids, dtype=torch.long, device=device_of),
-                    attention_mask=torch.as_tensor(padding_mask, device=device_of),
-                ).logits.float().cpu().numpy()
+                hf_logits = (
+                    hf_model(
+                        input_ids=torch.as_tensor(token_ids, dtype=torch.long, device=device_of),
+                        attention_mask=torch.as_tensor(padding_mask, device=device_of),
+                    )
+                    .logits.float()
+                    .cpu()
+                    .numpy()
+                )
         finally:
             recorder.close()
         inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
         keras_layers = layer_model(inputs)
         keras_logits = _numpy(causal_lm(inputs))
         embeds.append(
-            compare("embeddings", recorder.inputs[0].numpy(), _numpy(backbone.embed(token_ids)), valid, tolerance)
+            compare(
+                "embeddings",
+                recorder.inputs[0].numpy(),
+                _numpy(backbone.embed(token_ids)),
+                valid,
+                tolerance,
+            )
         )
         for i, layer in enumerate(backbone.transformer_layers):
             hf_out = recorder.outputs[i].numpy()
-            per_layer[i].append(compare(layer.name, hf_out, _numpy(keras_layers[i]), valid, tolerance))
-            block_alone = layer(keras.ops.convert_to_tensor(recorder.inputs[i].numpy()), padding_mask=padding_mask)
-            alone[i].append(compare(f"{layer.name} alone", hf_out, _numpy(block_alone), valid, tolerance))
+            per_layer[i].append(
+                compare(layer.name, hf_out, _numpy(keras_layers[i]), valid, tolerance)
+            )
+            block_alone = layer(
+                keras.ops.convert_to_tensor(recorder.inputs[i].numpy()), padding_mask=padding_mask
+            )
+            alone[i].append(
+                compare(f"{layer.name} alone", hf_out, _numpy(block_alone), valid, tolerance)
+            )
         logits.append(compare("logits", hf_logits, keras_logits, valid, tolerance))
 
     shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
@@ -196,13 +215,17 @@ def _greedy_check(hf_model, causal_lm, vocab: int, new_tokens: int, tolerance: f
     causal_lm.preprocessor = None  # token ids in, token ids out
     try:
         causal_lm.compile(sampler="greedy")
-        output = causal_lm.generate({"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None)
+        output = causal_lm.generate(
+            {"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None
+        )
     finally:
         causal_lm.preprocessor = preprocessor
-    got = np.asarray(output["token_ids"])[0, prompt.shape[1] :].tolist()
+    got = _numpy(output["token_ids"]).astype(int)[0, prompt.shape[1] :].tolist()
     name = f"greedy generation ({new_tokens} tokens, KV cache)"
     if got == expected:
-        return Check(name, "generation", True, f"identical; smallest top-2 margin {min(margins):.2e}")
+        return Check(
+            name, "generation", True, f"identical; smallest top-2 margin {min(margins):.2e}"
+        )
     first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
     near_tie = tolerance > TOLERANCES["float32"] and margins[first] <= 4 * tolerance * scales[first]
     return Check(
@@ -221,7 +244,7 @@ def _tokenizer_checks(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Che
     mismatches = []
     for text in corpus:
         expected = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
-        got = np.asarray(tokenizer(text)).tolist()
+        got = _numpy(tokenizer(text)).astype(int).tolist()
         if got != expected:
             mismatches.append(text)
     checks = [
@@ -235,8 +258,8 @@ def _tokenizer_checks(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Che
     text = corpus[0]
     expected = hf_tokenizer(text)["input_ids"]
     packed = preprocessor.generate_preprocess([text], sequence_length=len(expected) + 4)
-    ids = np.asarray(packed["token_ids"])[0]
-    mask = np.asarray(packed["padding_mask"])[0].astype(bool)
+    ids = _numpy(packed["token_ids"]).astype(int)[0]
+    mask = _numpy(packed["padding_mask"])[0].astype(bool)
     got = ids[mask].tolist()
     checks.append(
         Check(

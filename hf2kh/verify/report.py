@@ -65,7 +65,9 @@ class VerifyReport:
             failures=str(sum(not c.passed for c in self.checks)),
         )
         for check in self.checks:
-            case = ET.SubElement(suite, "testcase", classname=f"{self.model}.{check.group}", name=check.name)
+            case = ET.SubElement(
+                suite, "testcase", classname=f"{self.model}.{check.group}", name=check.name
+            )
             if not check.passed:
                 failure = ET.SubElement(case, "failure", message=check.detail)
                 failure.text = check.detail
@@ -85,7 +87,14 @@ def summarize(checks: list[Check]) -> list[Check]:
         if len(items) > 3 and all(c.passed for c in items):
             worst = max(items, key=lambda c: c.rel_rms or 0.0)
             rows.append(
-                Check(f"{len(items)} {group}", group, True, f"worst: {worst.name}", worst.max_abs, worst.rel_rms)
+                Check(
+                    f"{len(items)} {group}",
+                    group,
+                    True,
+                    f"worst: {worst.name}",
+                    worst.max_abs,
+                    worst.rel_rms,
+                )
             )
         else:
             rows.extend(items)
