@@ -108,7 +108,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     )
     from hf2kh.inspect.build import build_graph_and_model
     from hf2kh.recognize import recognize_decoder
-    from hf2kh.source import load_config, open_checkpoint, tensor_index
+    from hf2kh.source import check_shapes, load_config, open_checkpoint, tensor_index
 
     progress("source: opening the checkpoint")
     ckpt = open_checkpoint(
@@ -141,6 +141,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     index = tensor_index(ckpt)
     shapes = {p.name: p.shape for p in graph.parameters}
     shapes.update({t.name: shapes[t.target] for t in graph.tied})
+    check_shapes(ckpt, shapes)
     table = build_table(spec, shapes, {n: i.dtype for n, i in index.items()})
     declare_unmapped(
         table,

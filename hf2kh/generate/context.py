@@ -59,7 +59,6 @@ DOCS = {
 class Context:
     spec: ModelSpec
     tokenizer: Any  # hf2kh.generate.tokenizer.TokenizerSpec
-    in_tree: bool = False
     preset_path: str = ""
     num_params: int = 0
 
@@ -74,8 +73,7 @@ class Context:
 
     @property
     def import_prefix(self) -> str:
-        if self.in_tree:
-            return f"keras_hub.src.models.{self.package}."
+        """Absolute imports inside the package (`from my_model.my_model_backbone import ...`)."""
         return f"{self.package}."
 
     @property
