@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest
@@ -59,6 +60,8 @@ def ported(hf_fixture, tmp_path_factory):
                     "--name",
                     f"tiny_{name}",
                     "--verify",
+                    "--junit",
+                    str(out.parent / "junit.xml"),
                 )
             except Exception as exc:  # noqa: BLE001 - kept so the failing test shows it
                 result = exc
@@ -87,6 +90,9 @@ def test_port_verify_passes(ported, name):
     assert {"layers", "blocks", "logits", "generation", "tokenizer"} <= groups
     assert all(c["passed"] for c in report["checks"])
     assert report["weights"]["mapped"] == report["weights"]["total"]
+    suite = ET.parse(out.parent / "junit.xml").getroot()
+    assert suite.get("failures") == "0"
+    assert int(suite.get("tests")) == len(report["checks"])
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -135,7 +141,7 @@ def test_preset_logits_and_text_generation_match_hf(ported, hf_fixture, name):
     assert text == expected_text
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma"])
+@pytest.mark.parametrize("name", DECODERS)
 def test_generated_package_tests_pass(ported, name):
     out, _ = ported(name)
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(out)}
