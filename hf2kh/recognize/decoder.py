@@ -342,7 +342,13 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
     if fused:
         refs, layout, bias = _proj_weights(G, "qkv", q[0], block0, hidden_dim)
         weights.update(refs)
-        split = next(c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs)
+        split = next(
+            (c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs), None
+        )
+        if split is None:
+            raise UnsupportedModelError(
+                f"{attn}: the fused projection {q[0]} is not split into q, k, v by a plain split"
+            )
         widths = [G.g.value(x).shape[-1] for x in split.outputs]
         if not all(
             feeds_value(G, x, y) for x, y in zip(split.outputs, (q_val, k_val, v_val), strict=True)
@@ -459,7 +465,9 @@ def _mlp_spec(G: _Graph, mlp: str, hidden_dim: int, block0: str, evidence: list[
     else:
         fn = getattr(torch.nn.functional, act_call.target, None) or getattr(torch, act_call.target)
         activation = probes.probe_activation(fn)
-    gate = next(p for p in ins if G.out(p) in act_call.inputs)
+    gate = next((p for p in ins if G.out(p) in act_call.inputs), None)
+    if gate is None:
+        raise UnsupportedModelError(f"{mlp}: the activation does not read a projection")
     weights = {}
     biases = []
     if len(ins) == 2:
