@@ -142,7 +142,9 @@ def recognize_decoder(
     if attn is None:
         raise UnsupportedModelError(f"no child of {block0} computes a softmax attention")
     norms = [p for p in child_paths if G.is_norm(p)]
-    mlps = [p for p in child_paths if p not in norms and p != attn]
+    # Children without parameters (dropout, identity) compute nothing at inference.
+    mlps = [p for p in child_paths if p not in norms and p != attn and G.subtree_params(p)]
+    mlps = list(dict.fromkeys(mlps))
     if len(mlps) != 1:
         raise UnsupportedModelError(f"expected one MLP in {block0}, found {mlps}")
     mlp = mlps[0]
