@@ -344,9 +344,7 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
     if fused:
         refs, layout, bias = _proj_weights(G, "qkv", q[0], block0, hidden_dim)
         weights.update(refs)
-        split = next(
-            (c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs), None
-        )
+        split = next((c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs), None)
         if split is None:
             raise UnsupportedModelError(
                 f"{attn}: the fused projection {q[0]} is not split into q, k, v by a plain split"

@@ -73,11 +73,28 @@ def _numpy(x) -> np.ndarray:
 
 def _check(c: Comparison, group: str, detail: str = "") -> Check:
     text = detail or (f"worst at {list(c.worst_index)}" if c.worst_index else "")
-    return Check(c.name, group, c.passed, text, c.max_abs, c.rel_rms, c.worst_index)
+    return Check(
+        c.name, group, c.passed, text, c.max_abs, c.rel_rms, c.worst_index, c.rel_elementwise
+    )
 
 
 def _worst(comparisons: list[Comparison]) -> Comparison:
-    return max(comparisons, key=lambda c: c.rel_rms)
+    return max(comparisons, key=lambda c: c.rel_elementwise)
+
+
+def _layer_check(end_to_end: Comparison, alone: Comparison, path: str) -> Check:
+    """A layer passes when its end-to-end output is within tolerance, or when it deviates only by
+    error accumulated upstream: the same block on HF's own input is within tolerance. (Deep real
+    models amplify float32 rounding from layer to layer; the block-alone check is what tells a
+    wrong block from that. The logits are still held to the tolerance on their own.)"""
+    check = _check(end_to_end, "layers", f"vs HF {path}")
+    if not end_to_end.passed and alone.passed:
+        check.passed = True
+        check.detail = (
+            f"vs HF {path}: accumulated upstream rounding; the block alone is within tolerance "
+            f"({alone.rel_elementwise:.1e})"
+        )
+    return check
 
 
 def verify_decoder(
@@ -153,7 +170,7 @@ def verify_decoder(
     shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
     report.checks.append(_check(_worst(embeds), "layers"))
     for i, path in enumerate(block_paths):
-        report.checks.append(_check(_worst(per_layer[i]), "layers", f"vs HF {path}"))
+        report.checks.append(_layer_check(_worst(per_layer[i]), _worst(alone[i]), path))
     for i, path in enumerate(block_paths):
         report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
     report.checks.append(_check(_worst(logits), "logits", f"batches {shapes}, right padding"))
@@ -178,7 +195,10 @@ def _first_divergence(checks: list[Check], block_paths: list[str]) -> str | None
             return f"{where}: correct on HF's inputs, so the error accumulates from earlier layers"
     logits = by_name.get("logits")
     if logits is not None and not logits.passed:
-        return "logits: every block matches, so the final norm or LM head differs"
+        return (
+            "logits: every block matches on HF's inputs, so the final norm or LM head differs "
+            "(or upstream rounding grew past the tolerance)"
+        )
     return None
 
 

@@ -22,6 +22,7 @@ class Check:
     max_abs: float | None = None
     rel_rms: float | None = None
     worst_index: tuple[int, ...] | None = None
+    rel_elementwise: float | None = None  # what pass/fail is decided on (see verify.compare)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class VerifyReport:
                     "detail": c.detail,
                     "max_abs": c.max_abs,
                     "rel_rms": c.rel_rms,
+                    "rel_elementwise": c.rel_elementwise,
                     "worst_index": list(c.worst_index) if c.worst_index is not None else None,
                 }
                 for c in self.checks
@@ -85,7 +87,7 @@ def summarize(checks: list[Check]) -> list[Check]:
         by_group.setdefault(c.group, []).append(c)
     for group, items in by_group.items():
         if len(items) > 3 and all(c.passed for c in items):
-            worst = max(items, key=lambda c: c.rel_rms or 0.0)
+            worst = max(items, key=lambda c: c.rel_elementwise or 0.0)
             rows.append(
                 Check(
                     f"{len(items)} {group}",
@@ -94,6 +96,7 @@ def summarize(checks: list[Check]) -> list[Check]:
                     f"worst: {worst.name}",
                     worst.max_abs,
                     worst.rel_rms,
+                    rel_elementwise=worst.rel_elementwise,
                 )
             )
         else:
@@ -104,7 +107,7 @@ def summarize(checks: list[Check]) -> list[Check]:
 def print_report(report: VerifyReport, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"verification of {report.model} ({report.dtype}, {report.device})")
-    for column in ("check", "result", "max abs", "rel. to RMS", "detail"):
+    for column in ("check", "result", "max abs", "rel. to RMS", "rel. elementwise", "detail"):
         table.add_column(column)
     for c in summarize(report.checks):
         table.add_row(
@@ -112,6 +115,7 @@ def print_report(report: VerifyReport, console: Console | None = None) -> None:
             "[green]pass[/]" if c.passed else "[red]FAIL[/]",
             "" if c.max_abs is None else f"{c.max_abs:.2e}",
             "" if c.rel_rms is None else f"{c.rel_rms:.2e}",
+            "" if c.rel_elementwise is None else f"{c.rel_elementwise:.2e}",
             c.detail,
         )
     console.print(table)
