@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import re
 import shutil
@@ -154,7 +155,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
 
     progress("generate: writing the KerasHub package")
     preset_dir = staging / "preset"
-    num_params = sum(_numel(p.shape) for p in graph.parameters)
+    num_params = sum(math.prod(p.shape) for p in graph.parameters)
     ctx = Context(spec, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params)
     hf_model = load_hf_model(ckpt, config, options)
     hf_tokenizer = load_hf_tokenizer(ckpt)
@@ -202,13 +203,6 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
             verification.write_junit(options.junit)
     result.report_path.write_text(json.dumps(report, indent=1) + "\n")
     return result
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def load_hf_model(ckpt, config, options: PortOptions):

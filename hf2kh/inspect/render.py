@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.tree import Tree
 
@@ -32,7 +34,7 @@ def _label(graph: LayerGraph, path: str) -> str:
 
 
 def render_tree(graph: LayerGraph) -> Tree:
-    total = sum(p_count(s) for s in (p.shape for p in graph.parameters))
+    total = sum(math.prod(p.shape) for p in graph.parameters)
     root = Tree(
         f"[bold]{graph.model_class}[/] model_type={graph.model_type!r} "
         f"[dim]({human_count(total)} params, sample input {graph.sample_input['input_ids']})[/]"
@@ -65,13 +67,6 @@ def render_tree(graph: LayerGraph) -> Tree:
         for t in graph.tied:
             ties.add(f"{t.name} = {t.target}")
     return root
-
-
-def p_count(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _span(indices: list[int]) -> str:

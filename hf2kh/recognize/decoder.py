@@ -233,12 +233,11 @@ def recognize_decoder(
     if not tied:
         weights["lm_head"] = WeightRef(f"{head}.weight", "linear")
     if final_norm is not None:
-        weights.update(_norm_weights(G, final_norm, "final_norm", ""))
-    block_prefix = f"{group.container}.{{i}}"
+        weights.update(_norm_weights(G, final_norm, "final_norm", None))
     for role_prefix, path in (("attn_norm", attn_norm), ("mlp_norm", mlp_norm)):
         if role_prefix == "mlp_norm" and path == attn_norm:
             continue
-        weights.update(_norm_weights(G, path, role_prefix, block0, block_prefix))
+        weights.update(_norm_weights(G, path, role_prefix, block0))
     weights.update(attn_weights)
     weights.update(mlp_weights)
     shared_norm = parallel and mlp_norm == attn_norm
@@ -296,22 +295,26 @@ def _norm_spec(G: _Graph, path: str, width: int) -> NormSpec:
     return NormSpec(kind, eps, offset, bias="bias" in G.own_params(path))
 
 
-def _norm_weights(G: _Graph, path: str, role: str, block0: str, block_prefix: str = ""):
-    rel = path[len(block0) + 1 :] if block0 else path
-    base = f"{block_prefix}.{rel}" if block_prefix else path
+def _template_name(path: str, block0: str | None) -> str:
+    """`model.layers.0.mlp.up_proj` -> `model.layers.{i}.mlp.up_proj` for a module of block 0;
+    other paths (outside the blocks, `block0` None) stay as they are."""
+    if block0 is None:
+        return path
+    container = block0.rpartition(".")[0]
+    return f"{container}.{{i}}{path[len(block0) :]}"
+
+
+def _norm_weights(G: _Graph, path: str, role: str, block0: str | None):
+    base = _template_name(path, block0)
     refs = {f"{role}.gamma": WeightRef(f"{base}.weight", "vector")}
     if "bias" in G.own_params(path):
         refs[f"{role}.beta"] = WeightRef(f"{base}.bias", "vector")
     return refs
 
 
-def _rel_name(path: str, block0: str) -> str:
-    return path[len(block0) + 1 :]
-
-
 def _proj_weights(G: _Graph, role: str, path: str, block0: str, width: int):
     layout, bias = probes.probe_projection(G.submodule(path), width)
-    base = "{i}".join([block0.rpartition(".")[0] + ".", "." + _rel_name(path, block0)])
+    base = _template_name(path, block0)
     refs = {f"{role}.kernel": WeightRef(f"{base}.weight", layout)}
     if bias:
         refs[f"{role}.bias"] = WeightRef(f"{base}.bias", "vector")
@@ -351,7 +354,8 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
             )
         widths = [G.g.value(x).shape[-1] for x in split.outputs]
         if not all(
-            feeds_value(G, x, y) for x, y in zip(split.outputs, (q_val, k_val, v_val), strict=True)
+            G.derives(operand, part)
+            for part, operand in zip(split.outputs, (q_val, k_val, v_val), strict=True)
         ):
             raise UnsupportedModelError(f"{attn}: fused projection is not split in q, k, v order")
         q_out, k_out = widths[0], widths[1]
@@ -392,8 +396,8 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
         qk_norm = _norm_spec(G, q_norms[0], head_dim)
         if _norm_spec(G, k_norms[0], head_dim) != qk_norm:
             raise UnsupportedModelError(f"{attn}: q and k norms differ")
-        weights.update(_norm_weights(G, q_norms[0], "q_norm", block0, "{}"))
-        weights.update(_norm_weights(G, k_norms[0], "k_norm", block0, "{}"))
+        weights.update(_norm_weights(G, q_norms[0], "q_norm", block0))
+        weights.update(_norm_weights(G, k_norms[0], "k_norm", block0))
         evidence.append(f"q/k norm per head: {qk_norm}")
     spec = AttentionSpec(
         num_query_heads=q_heads,
@@ -411,23 +415,7 @@ def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
         f"scale {float(scale):.6g}"
     )
-    return spec, _fix_block_prefix(weights, block0)
-
-
-def feeds_value(G: _Graph, produced: int, consumer_value: int) -> bool:
-    return G.derives(consumer_value, produced)
-
-
-def _fix_block_prefix(weights: dict[str, WeightRef], block0: str) -> dict[str, WeightRef]:
-    """Rewrite `{}`-prefixed names (from _norm_weights) to the block template."""
-    container = block0.rpartition(".")[0]
-    fixed = {}
-    for role, ref in weights.items():
-        name = ref.hf_name
-        if name.startswith("{}."):
-            name = f"{container}.{{i}}." + name[3:]
-        fixed[role] = WeightRef(name, ref.layout)
-    return fixed
+    return spec, weights
 
 
 def _mlp_spec(G: _Graph, mlp: str, hidden_dim: int, block0: str, evidence: list[str]):
