@@ -95,3 +95,30 @@ def test_compare_uses_only_valid_positions():
     assert not compare("x", reference, candidate).passed
     result = compare("x", reference, candidate)
     assert result.worst_index[:2] == (1, 2)
+
+
+def test_cli_exits_1_when_verification_fails(monkeypatch, capfd, tmp_path):
+    """The CLI maps a failed verification to exit code 1 with its first divergence."""
+    import sys
+
+    import hf2kh.port
+    from hf2kh.cli import main
+    from hf2kh.port import PortResult
+    from hf2kh.verify.report import Check, VerifyReport
+
+    report = VerifyReport(model="m", dtype="float32", device="cpu")
+    report.checks = [Check("logits", "logits", False, "off", 1.0, 1.0)]
+    report.first_divergence = "logits: every block matches"
+    result = PortResult(
+        "m", tmp_path / "m", tmp_path / "preset", tmp_path / "report.json", [], 1, 1
+    )
+    result.verification = report
+    monkeypatch.setattr(hf2kh.port, "run_port", lambda options, progress: result)
+    monkeypatch.setattr(
+        sys, "argv", ["hf2kh", "port", "x", "--out", str(tmp_path / "o"), "--verify"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    err = capfd.readouterr().err
+    assert "error: verification failed: logits: every block matches" in err
