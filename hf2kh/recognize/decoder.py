@@ -16,72 +16,24 @@ import math
 import torch
 
 from hf2kh.errors import UnsupportedModelError
-from hf2kh.inspect.dataflow import block_steps, derives_from, first_call
-from hf2kh.inspect.graph import Call, LayerGraph
-from hf2kh.recognize import probes
+from hf2kh.inspect.dataflow import block_steps, first_call
+from hf2kh.inspect.graph import LayerGraph
+from hf2kh.recognize import parts, probes
+from hf2kh.recognize.attention import attention_spec
+from hf2kh.recognize.graph_view import GraphView
+from hf2kh.recognize.mlp import mlp_spec
 from hf2kh.recognize.spec import (
-    AttentionSpec,
     EmbeddingSpec,
-    MlpSpec,
     ModelSpec,
-    NormSpec,
     RopeSpec,
     WeightRef,
 )
 
 
-class _Graph:
-    """Small helpers over one graph + its meta model."""
-
-    def __init__(self, graph: LayerGraph, model: torch.nn.Module):
-        self.g = graph
-        self.model = model
-        self.shapes = {p.name: p.shape for p in graph.parameters}
-        self.shapes.update({t.name: self.shapes[t.target] for t in graph.tied})
-
-    def own_params(self, path: str) -> dict[str, tuple[int, ...]]:
-        node = self.g.module(path)
-        return {n.rpartition(".")[2]: self.shapes[n] for n in node.param_names}
-
-    def subtree_params(self, path: str) -> dict[str, tuple[int, ...]]:
-        prefix = f"{path}."
-        return {n: s for n, s in self.shapes.items() if n.startswith(prefix)}
-
-    def calls_within(self, path: str) -> list[Call]:
-        head = first_call(self.g, path)
-        prefix = f"{path}."
-        found = []
-        for call in self.g.calls[head.index + 1 :]:
-            if not (call.scope == path or call.scope.startswith(prefix)):
-                break
-            found.append(call)
-        return found
-
-    def is_norm(self, path: str) -> bool:
-        params = self.subtree_params(path)
-        return bool(params) and all(len(s) == 1 for s in params.values())
-
-    def is_projection(self, path: str) -> bool:
-        own = self.own_params(path)
-        return "weight" in own and len(own["weight"]) == 2
-
-    def out(self, path: str) -> int:
-        return first_call(self.g, path).outputs[0]
-
-    def inp(self, path: str) -> int:
-        return first_call(self.g, path).inputs[0]
-
-    def derives(self, value: int, source: int) -> bool:
-        return derives_from(self.g, value, source)
-
-    def submodule(self, path: str) -> torch.nn.Module:
-        return self.model.get_submodule(path)
-
-
 def recognize_decoder(
     graph: LayerGraph, model: torch.nn.Module, config, *, name: str, source: str, revision
 ) -> ModelSpec:
-    G = _Graph(graph, model)
+    G = GraphView(graph, model)
     evidence = [f"reported by the checkpoint (not used to decide): model_type={graph.model_type!r}"]
 
     # -- embeddings ------------------------------------------------------------------------
@@ -171,13 +123,13 @@ def recognize_decoder(
         else "block: norm -> attention -> add -> norm -> MLP -> add"
     )
 
-    norm = _norm_spec(G, attn_norm, hidden_dim)
-    if _norm_spec(G, mlp_norm, hidden_dim) != norm:
+    norm = parts.norm_spec(G, attn_norm, hidden_dim)
+    if parts.norm_spec(G, mlp_norm, hidden_dim) != norm:
         raise UnsupportedModelError(f"{attn_norm} and {mlp_norm} normalize differently")
     evidence.append(f"norm: {norm} (probed {type(G.submodule(attn_norm)).__name__})")
 
-    attention, attn_weights = _attention_spec(G, attn, hidden_dim, block0, evidence)
-    mlp_spec, mlp_weights = _mlp_spec(G, mlp, hidden_dim, block0, evidence)
+    attention, attn_weights = attention_spec(G, attn, hidden_dim, block0, evidence)
+    mlp_found, mlp_weights = mlp_spec(G, mlp, hidden_dim, block0, evidence)
 
     # -- final norm and head -----------------------------------------------------------------
     after = [c for c in module_calls if c.index > last_block_call.index and c.scope != blocks[-1]]
@@ -193,7 +145,7 @@ def recognize_decoder(
     if head is None:
         raise UnsupportedModelError("no language-model head producing vocabulary logits")
     final_norm = next((c.target for c in after if G.is_norm(c.target)), None)
-    if final_norm is not None and _norm_spec(G, final_norm, hidden_dim) != norm:
+    if final_norm is not None and parts.norm_spec(G, final_norm, hidden_dim) != norm:
         raise UnsupportedModelError(f"final norm {final_norm} differs from the block norms")
     if "bias" in G.own_params(head):
         raise UnsupportedModelError(f"the LM head {head} has a bias, not supported yet")
@@ -233,11 +185,11 @@ def recognize_decoder(
     if not tied:
         weights["lm_head"] = WeightRef(f"{head}.weight", "linear")
     if final_norm is not None:
-        weights.update(_norm_weights(G, final_norm, "final_norm", None))
+        weights.update(parts.norm_weights(G, final_norm, "final_norm", None))
     for role_prefix, path in (("attn_norm", attn_norm), ("mlp_norm", mlp_norm)):
         if role_prefix == "mlp_norm" and path == attn_norm:
             continue
-        weights.update(_norm_weights(G, path, role_prefix, block0))
+        weights.update(parts.norm_weights(G, path, role_prefix, block0))
     weights.update(attn_weights)
     weights.update(mlp_weights)
     shared_norm = parallel and mlp_norm == attn_norm
@@ -266,7 +218,7 @@ def recognize_decoder(
         block_layout="parallel_shared_norm" if shared_norm else layout,
         norm=norm,
         attention=attention,
-        mlp=mlp_spec,
+        mlp=mlp_found,
         final_norm=final_norm is not None,
         weights=weights,
         bos_token_id=_token_id(config, "bos_token_id"),
@@ -284,209 +236,7 @@ def _token_id(config, key: str) -> int | None:
     return value
 
 
-def _epsilons(G: _Graph, path: str) -> list[float]:
-    attrs = G.g.module(path).attributes
-    found = [float(v) for k, v in attrs.items() if "eps" in k and isinstance(v, float)]
-    return found or [1e-5, 1e-6, 1e-12]
-
-
-def _norm_spec(G: _Graph, path: str, width: int) -> NormSpec:
-    kind, eps, offset = probes.probe_norm(G.submodule(path), width, _epsilons(G, path))
-    return NormSpec(kind, eps, offset, bias="bias" in G.own_params(path))
-
-
-def _template_name(path: str, block0: str | None) -> str:
-    """`model.layers.0.mlp.up_proj` -> `model.layers.{i}.mlp.up_proj` for a module of block 0;
-    other paths (outside the blocks, `block0` None) stay as they are."""
-    if block0 is None:
-        return path
-    container = block0.rpartition(".")[0]
-    return f"{container}.{{i}}{path[len(block0) :]}"
-
-
-def _norm_weights(G: _Graph, path: str, role: str, block0: str | None):
-    base = _template_name(path, block0)
-    refs = {f"{role}.gamma": WeightRef(f"{base}.weight", "vector")}
-    if "bias" in G.own_params(path):
-        refs[f"{role}.beta"] = WeightRef(f"{base}.bias", "vector")
-    return refs
-
-
-def _proj_weights(G: _Graph, role: str, path: str, block0: str, width: int):
-    layout, bias = probes.probe_projection(G.submodule(path), width)
-    base = _template_name(path, block0)
-    refs = {f"{role}.kernel": WeightRef(f"{base}.weight", layout)}
-    if bias:
-        refs[f"{role}.bias"] = WeightRef(f"{base}.bias", "vector")
-    return refs, layout, bias
-
-
-def _attention_spec(G: _Graph, attn: str, hidden_dim: int, block0: str, evidence: list[str]):
-    calls = G.calls_within(attn)
-    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
-    if len(matmuls) < 2:
-        raise UnsupportedModelError(f"{attn}: expected the two matmuls of eager attention")
-    scores, mixes = matmuls[0], matmuls[-1]
-    q_val, k_val = scores.inputs[-2], scores.inputs[-1]
-    v_val = mixes.inputs[-1]
-    node = G.g.module(attn)
-    projections = [c for c in node.children if G.is_projection(c)]
-
-    def feeds(p: str, v: int) -> bool:
-        return G.derives(v, G.out(p))
-
-    q = [p for p in projections if feeds(p, q_val)]
-    k = [p for p in projections if feeds(p, k_val)]
-    v = [p for p in projections if feeds(p, v_val)]
-    o = [p for p in projections if G.derives(G.inp(p), mixes.outputs[0])]
-    if len(o) != 1:
-        raise UnsupportedModelError(f"{attn}: cannot tell the output projection ({o})")
-    weights = {}
-    attrs = node.attributes
-    fused = len(q) == 1 and q == k == v
-    if fused:
-        refs, layout, bias = _proj_weights(G, "qkv", q[0], block0, hidden_dim)
-        weights.update(refs)
-        split = next((c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs), None)
-        if split is None:
-            raise UnsupportedModelError(
-                f"{attn}: the fused projection {q[0]} is not split into q, k, v by a plain split"
-            )
-        widths = [G.g.value(x).shape[-1] for x in split.outputs]
-        if not all(
-            G.derives(operand, part)
-            for part, operand in zip(split.outputs, (q_val, k_val, v_val), strict=True)
-        ):
-            raise UnsupportedModelError(f"{attn}: fused projection is not split in q, k, v order")
-        q_out, k_out = widths[0], widths[1]
-        q_bias = k_bias = v_bias = bias
-        evidence.append(f"attention: fused qkv projection {q[0]} ({layout}), split {widths}")
-    else:
-        if not (len(q) == len(k) == len(v) == 1) or len({q[0], k[0], v[0]}) != 3:
-            raise UnsupportedModelError(f"{attn}: cannot tell q/k/v projections ({q}, {k}, {v})")
-        biases = []
-        for role, p in (("query", q[0]), ("key", k[0]), ("value", v[0])):
-            refs, layout, bias = _proj_weights(G, role, p, block0, hidden_dim)
-            if layout != "linear":
-                raise UnsupportedModelError(f"{p}: only Linear q/k/v are supported when unfused")
-            weights.update(refs)
-            biases.append(bias)
-        q_bias, k_bias, v_bias = biases
-        q_out = G.own_params(q[0])["weight"][0]
-        k_out = G.own_params(k[0])["weight"][0]
-        evidence.append(
-            f"attention: q/k/v from {q[0]}, {k[0]}, {v[0]} (feed the score/mix matmuls)"
-        )
-    head_dim = int(attrs.get("head_dim") or 0)
-    if not head_dim:
-        raise UnsupportedModelError(f"{attn}: no head_dim setting found")
-    q_heads, k_heads = q_out // head_dim, k_out // head_dim
-    o_refs, o_layout, o_bias = _proj_weights(G, "out", o[0], block0, q_out)
-    weights.update(o_refs)
-    scale = attrs.get("scaling")
-    if scale is None:
-        raise UnsupportedModelError(f"{attn}: no attention scaling setting found")
-    qk_norm = None
-    norm_children = [c for c in node.children if G.is_norm(c)]
-    if norm_children:
-        q_norms = [c for c in norm_children if feeds(c, q_val)]
-        k_norms = [c for c in norm_children if feeds(c, k_val)]
-        if len(q_norms) != 1 or len(k_norms) != 1 or len(norm_children) != 2:
-            raise UnsupportedModelError(f"{attn}: unrecognized norms {norm_children}")
-        qk_norm = _norm_spec(G, q_norms[0], head_dim)
-        if _norm_spec(G, k_norms[0], head_dim) != qk_norm:
-            raise UnsupportedModelError(f"{attn}: q and k norms differ")
-        weights.update(_norm_weights(G, q_norms[0], "q_norm", block0))
-        weights.update(_norm_weights(G, k_norms[0], "k_norm", block0))
-        evidence.append(f"q/k norm per head: {qk_norm}")
-    spec = AttentionSpec(
-        num_query_heads=q_heads,
-        num_key_value_heads=k_heads,
-        head_dim=head_dim,
-        query_bias=q_bias,
-        key_bias=k_bias,
-        value_bias=v_bias,
-        output_bias=o_bias,
-        scale=float(scale),
-        qk_norm=qk_norm,
-        fused_qkv=fused,
-    )
-    evidence.append(
-        f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
-        f"scale {float(scale):.6g}"
-    )
-    return spec, weights
-
-
-def _mlp_spec(G: _Graph, mlp: str, hidden_dim: int, block0: str, evidence: list[str]):
-    node = G.g.module(mlp)
-    projections = [c for c in node.children if G.is_projection(c)]
-    mlp_out = G.out(mlp)
-    down = [
-        p
-        for p in projections
-        if G.derives(mlp_out, G.out(p))
-        and all(G.derives(G.inp(p), G.out(o)) for o in projections if o != p)
-    ]
-    if len(down) != 1:
-        raise UnsupportedModelError(f"{mlp}: cannot tell the output projection")
-    down = down[0]
-    ins = [p for p in projections if p != down]
-    calls = G.calls_within(mlp)
-    act_call = next(
-        (
-            c
-            for c in calls
-            if c.scope == mlp
-            and c.kind in ("module", "function")
-            and any(G.out(p) in c.inputs for p in ins)
-            and c.target not in ins
-            and c.target not in ("mul", "__mul__")
-        ),
-        None,
-    )
-    if act_call is None:
-        raise UnsupportedModelError(f"{mlp}: no activation found")
-    if act_call.kind == "module":
-        act_module = probes.materialize(G.submodule(act_call.target))
-        activation = probes.probe_activation(act_module)
-    else:
-        fn = getattr(torch.nn.functional, act_call.target, None) or getattr(torch, act_call.target)
-        activation = probes.probe_activation(fn)
-    gate = next((p for p in ins if G.out(p) in act_call.inputs), None)
-    if gate is None:
-        raise UnsupportedModelError(f"{mlp}: the activation does not read a projection")
-    weights = {}
-    biases = []
-    if len(ins) == 2:
-        up = next(p for p in ins if p != gate)
-        for role, p in (("gate", gate), ("up", up)):
-            refs, layout, bias = _proj_weights(G, role, p, block0, hidden_dim)
-            weights.update(refs)
-            biases.append(bias)
-        gated = True
-    elif len(ins) == 1:
-        refs, layout, bias = _proj_weights(G, "up", gate, block0, hidden_dim)
-        weights.update(refs)
-        biases.append(bias)
-        gated = False
-    else:
-        raise UnsupportedModelError(f"{mlp}: {len(projections)} projections not understood")
-    shape = G.own_params(down)["weight"]
-    intermediate = shape[1] if shape[0] == hidden_dim and shape[1] != hidden_dim else shape[0]
-    refs, layout, bias = _proj_weights(G, "down", down, block0, intermediate)
-    weights.update(refs)
-    biases.append(bias)
-    if len(set(biases)) != 1:
-        raise UnsupportedModelError(f"{mlp}: some projections have a bias and some do not")
-    evidence.append(
-        f"MLP: {'gated ' if gated else ''}{activation}, intermediate {intermediate}"
-        + (", with biases" if biases[0] else "")
-    )
-    return MlpSpec(gated, activation, intermediate, biases[0]), weights
-
-
-def _rope_spec(G: _Graph, rotary: str, config, head_dim: int, evidence: list[str]) -> RopeSpec:
+def _rope_spec(G: GraphView, rotary: str, config, head_dim: int, evidence: list[str]) -> RopeSpec:
     observed = probes.probe_rope(G.submodule(rotary), config, head_dim)
     rotary_dim = observed.shape[-1]
     params = getattr(config, "rope_parameters", None) or {}

@@ -1,0 +1,56 @@
+"""A read-only view of one layer graph and its meta model, with the queries recognition needs."""
+
+from __future__ import annotations
+
+import torch
+
+from hf2kh.inspect.dataflow import derives_from, first_call
+from hf2kh.inspect.graph import Call, LayerGraph
+
+
+class GraphView:
+    """Small helpers over one graph and its meta-device model."""
+
+    def __init__(self, graph: LayerGraph, model: torch.nn.Module):
+        self.g = graph
+        self.model = model
+        self.shapes = {p.name: p.shape for p in graph.parameters}
+        self.shapes.update({t.name: self.shapes[t.target] for t in graph.tied})
+
+    def own_params(self, path: str) -> dict[str, tuple[int, ...]]:
+        node = self.g.module(path)
+        return {n.rpartition(".")[2]: self.shapes[n] for n in node.param_names}
+
+    def subtree_params(self, path: str) -> dict[str, tuple[int, ...]]:
+        prefix = f"{path}."
+        return {n: s for n, s in self.shapes.items() if n.startswith(prefix)}
+
+    def calls_within(self, path: str) -> list[Call]:
+        head = first_call(self.g, path)
+        prefix = f"{path}."
+        found = []
+        for call in self.g.calls[head.index + 1 :]:
+            if not (call.scope == path or call.scope.startswith(prefix)):
+                break
+            found.append(call)
+        return found
+
+    def is_norm(self, path: str) -> bool:
+        params = self.subtree_params(path)
+        return bool(params) and all(len(s) == 1 for s in params.values())
+
+    def is_projection(self, path: str) -> bool:
+        own = self.own_params(path)
+        return "weight" in own and len(own["weight"]) == 2
+
+    def out(self, path: str) -> int:
+        return first_call(self.g, path).outputs[0]
+
+    def inp(self, path: str) -> int:
+        return first_call(self.g, path).inputs[0]
+
+    def derives(self, value: int, source: int) -> bool:
+        return derives_from(self.g, value, source)
+
+    def submodule(self, path: str) -> torch.nn.Module:
+        return self.model.get_submodule(path)
