@@ -105,7 +105,9 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         audit_checkpoint,
         audit_keras,
         build_table,
+        checkpoint_names,
         declare_unmapped,
+        rename_tensors,
     )
     from hf2kh.inspect.build import build_graph_and_model
     from hf2kh.recognize import recognize_decoder
@@ -142,13 +144,16 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     index = tensor_index(ckpt)
     shapes = {p.name: p.shape for p in graph.parameters}
     shapes.update({t.name: shapes[t.target] for t in graph.tied})
-    check_shapes(ckpt, shapes)
-    table = build_table(spec, shapes, {n: i.dtype for n, i in index.items()})
+    buffers = {b.name for b in graph.buffers}
+    names = checkpoint_names(set(shapes) | buffers, set(index), meta_model.base_model_prefix)
+    check_shapes(ckpt, {names[n]: s for n, s in shapes.items()})
+    dtypes = {n: i.dtype for n, i in index.items()}
+    table = rename_tensors(build_table(spec, shapes), names, dtypes)
     declare_unmapped(
         table,
         set(index),
-        {b.name for b in graph.buffers},
-        {t.name: t.target for t in graph.tied},
+        {names[b] for b in buffers},
+        {names[t.name]: names[t.target] for t in graph.tied},
         list(getattr(meta_model, "_keys_to_ignore_on_load_unexpected", None) or []),
     )
     audit_checkpoint(table, {n: i.shape for n, i in index.items()})

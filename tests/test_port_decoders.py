@@ -280,3 +280,35 @@ def test_name_shadowing_keras_hub_is_refused(hf_fixture, tmp_path):
         text=True,
     )
     assert result.returncode != 0 and "shadow" in result.stderr
+
+
+def test_gpt2_checkpoint_in_original_layout(hf_fixture, tmp_path):
+    """Saved from the base model like the original GPT-2 (no `transformer.` prefix) and carrying
+    the old causal-mask buffers `h.N.attn.bias`: transformers loads it, and so does the port."""
+    from safetensors.torch import load_file
+
+    from hf2kh.port import PortOptions, run_port
+
+    def to_original_layout(tensors):
+        stored = {
+            k.removeprefix("transformer."): v for k, v in tensors.items() if k != "lm_head.weight"
+        }
+        layers = {k.split(".")[1] for k in stored if k.startswith("h.")}
+        for i in layers:
+            stored[f"h.{i}.attn.bias"] = torch.tril(torch.ones(64, 64, dtype=torch.bool))[
+                None, None
+            ]
+        tensors.clear()
+        tensors.update(stored)
+
+    ckpt = _corrupt_copy(hf_fixture("gpt2"), tmp_path / "gpt2_original", to_original_layout)
+    assert "h.0.attn.c_attn.weight" in load_file(ckpt / "model.safetensors")
+    result = run_port(
+        PortOptions(repo=str(ckpt), out=tmp_path / "out", name="gpt2_original", verify=True),
+        progress=lambda line: None,
+    )
+    assert result.verification.passed, [c.name for c in result.verification.checks if not c.passed]
+    table = json.loads((result.package_dir / "weight_map.json").read_text())
+    assert "h.0.attn.c_attn.weight" in {row["hf_name"] for row in table["rows"]}
+    assert "h.0.attn.bias" in table["declared"]
+    assert result.weights_mapped == result.weights_total

@@ -7,6 +7,7 @@ Keras variable (a short list of numpy ops: transpose, reshape, split).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -119,11 +120,8 @@ def _transform(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
     return ops, tuple(shape)
 
 
-def build_table(
-    spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]], hf_dtypes=None
-) -> WeightTable:
+def build_table(spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTable:
     """Expand the spec's roles over the blocks into rows (fused qkv split into three rows)."""
-    hf_dtypes = hf_dtypes or {}
     paths = keras_paths(spec)
     rows: list[WeightRow] = []
     a = spec.attention
@@ -152,7 +150,6 @@ def build_table(
                             paths[part_role].format(i=i),
                             kshape,
                             (split, *ops),
-                            hf_dtypes.get(hf_name, ""),
                         )
                     )
                 continue
@@ -164,10 +161,36 @@ def build_table(
                     paths[role].format(i=i),
                     kshape,
                     tuple(ops),
-                    hf_dtypes.get(hf_name, ""),
                 )
             )
     return WeightTable(rows)
+
+
+def checkpoint_names(model_names: set[str], stored: set[str], prefix: str) -> dict[str, str]:
+    """Model tensor name -> the name the checkpoint stores it under.
+
+    Checkpoints saved from the base model (the original GPT-2, for one) lack the task model's
+    `base_model_prefix.`; transformers accepts both, and so does the port.
+    """
+    mapping = {}
+    for name in model_names:
+        short = name[len(prefix) + 1 :] if prefix and name.startswith(f"{prefix}.") else None
+        if name not in stored and short is not None and short in stored:
+            mapping[name] = short
+        else:
+            mapping[name] = name
+    return mapping
+
+
+def rename_tensors(
+    table: WeightTable, names: dict[str, str], dtypes: dict[str, str]
+) -> WeightTable:
+    """The table with each row's HF tensor under its name (and dtype) in the checkpoint."""
+    rows = []
+    for row in table.rows:
+        name = names.get(row.hf_name, row.hf_name)
+        rows.append(dataclasses.replace(row, hf_name=name, hf_dtype=dtypes.get(name, "")))
+    return WeightTable(rows, dict(table.declared))
 
 
 def declare_unmapped(
