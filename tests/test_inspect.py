@@ -27,8 +27,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from hf2kh.cli import app, main
-from hf2kh.inspect.dataflow import Step, block_steps, derives_from, first_call
-from hf2kh.inspect.graph import SCHEMA_VERSION, Call, LayerGraph
+from hf2kh.inspect.dataflow import Step, block_steps, calls_within, derives_from, first_call
+from hf2kh.inspect.graph import SCHEMA_VERSION, LayerGraph
 from hf2kh.inspect.render import human_count, render_tree
 from tests.fixtures.factory import FIXTURES, auto_class
 from tests.fixtures.real import real_checkpoint_dir
@@ -129,18 +129,6 @@ def check_against_model(data: dict, model: torch.nn.Module) -> None:
         assert by_path[path]["num_params"] == sum(p.numel() for p in module.parameters()), path
     assert {(t["name"], t["target"]) for t in data["tied"]} == expected_ties(model)
     assert LayerGraph.from_dict(data).to_dict() == data
-
-
-def calls_within(graph: LayerGraph, path: str) -> list[Call]:
-    """Every call made while module `path` (first call) was running, nested ones included."""
-    head = first_call(graph, path)
-    prefix = f"{path}."
-    found = []
-    for call in graph.calls[head.index + 1 :]:
-        if not (call.scope == path or call.scope.startswith(prefix)):
-            break
-        found.append(call)
-    return found
 
 
 def subtree_shapes(graph: LayerGraph, path: str) -> list[tuple[int, ...]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hf2kh.inspect.dataflow import calls_within
 from hf2kh.inspect.graph import BlockGroup, BlockVariant, LayerGraph
 
 
@@ -52,10 +53,7 @@ def block_signature(graph: LayerGraph, path: str, index: int) -> dict[str, Any]:
     if block_calls:
         first = graph.calls[block_calls[0]]
         shared_inputs = first.inputs[1:]
-        start = first.index
-        for call in graph.calls[start + 1 :]:
-            if not (call.scope == path or call.scope.startswith(prefix)):
-                break
+        for call in calls_within(graph, path):
             out_shapes = [graph.value(v).shape for v in call.outputs]
             calls.append(
                 (call.kind, _rel(call.target, prefix), _rel(call.scope, prefix), out_shapes)

@@ -49,16 +49,25 @@ def first_call(graph: LayerGraph, module_path: str) -> Call:
     return graph.calls[calls[0]]
 
 
+def calls_within(graph: LayerGraph, path: str) -> list[Call]:
+    """Every call made while module `path` ran (its first recorded call), nested ones included."""
+    head = first_call(graph, path)
+    prefix = f"{path}."
+    found = []
+    for call in graph.calls[head.index + 1 :]:
+        if not (call.scope == path or call.scope.startswith(prefix)):
+            break
+        found.append(call)
+    return found
+
+
 def block_steps(
     graph: LayerGraph, block_path: str, include_passthrough: bool = False
 ) -> list[Step]:
     """The calls a block makes at its own scope, in order (its first recorded call)."""
-    head = first_call(graph, block_path)
     prefix = f"{block_path}."
     steps = []
-    for call in graph.calls[head.index + 1 :]:
-        if not (call.scope == block_path or call.scope.startswith(prefix)):
-            break
+    for call in calls_within(graph, block_path):
         if call.scope != block_path:
             continue
         if call.kind == "module":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hf2kh.inspect.dataflow import derives_from, first_call
+from hf2kh.inspect.dataflow import calls_within, derives_from, first_call
 from hf2kh.inspect.graph import Call, LayerGraph
 
 
@@ -26,14 +26,7 @@ class GraphView:
         return {n: s for n, s in self.shapes.items() if n.startswith(prefix)}
 
     def calls_within(self, path: str) -> list[Call]:
-        head = first_call(self.g, path)
-        prefix = f"{path}."
-        found = []
-        for call in self.g.calls[head.index + 1 :]:
-            if not (call.scope == path or call.scope.startswith(prefix)):
-                break
-            found.append(call)
-        return found
+        return calls_within(self.g, path)
 
     def is_norm(self, path: str) -> bool:
         params = self.subtree_params(path)
