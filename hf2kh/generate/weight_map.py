@@ -120,11 +120,27 @@ def _transform(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
     return ops, tuple(shape)
 
 
+def _parts(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
+    """(Keras role, split ops, shape of the part) for each Keras variable one HF tensor fills:
+    itself, or the query/key/value parts of a fused projection."""
+    if not role.startswith("qkv."):
+        return [(role, (), shape)]
+    a = spec.attention
+    sizes = [a.num_query_heads * a.head_dim] + [a.num_key_value_heads * a.head_dim] * 2
+    axis = 0 if layout == "linear" else -1  # Linear stores (out, in), Conv1D and biases (..., out)
+    parts = []
+    for index, name in enumerate(("query", "key", "value")):
+        part_shape = list(shape)
+        part_shape[axis] = sizes[index]
+        split = {"op": "split", "axis": axis, "sizes": sizes, "index": index}
+        parts.append((f"{name}.{role.split('.')[1]}", (split,), tuple(part_shape)))
+    return parts
+
+
 def build_table(spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTable:
     """Expand the spec's roles over the blocks into rows (fused qkv split into three rows)."""
     paths = keras_paths(spec)
     rows: list[WeightRow] = []
-    a = spec.attention
     for role, ref in spec.weights.items():
         if role == "block":
             continue
@@ -132,37 +148,10 @@ def build_table(spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]]) -> Weigh
         for i in layers:
             hf_name = ref.hf_name.format(i=i) if i is not None else ref.hf_name
             shape = tuple(hf_shapes[hf_name])
-            if role.startswith("qkv."):
-                sizes = [a.num_query_heads * a.head_dim] + [a.num_key_value_heads * a.head_dim] * 2
-                axis = -1
-                for index, part in enumerate(("query", "key", "value")):
-                    split = {"op": "split", "axis": axis, "sizes": sizes, "index": index}
-                    part_role = f"{part}.{role.split('.')[1]}"
-                    part_shape = shape[:-1] + (sizes[index],)
-                    if ref.layout == "linear":
-                        part_shape = (sizes[index],) + shape[1:]
-                        split = {**split, "axis": 0}
-                    ops, kshape = _transform(spec, part_role, ref.layout, part_shape)
-                    rows.append(
-                        WeightRow(
-                            hf_name,
-                            shape,
-                            paths[part_role].format(i=i),
-                            kshape,
-                            (split, *ops),
-                        )
-                    )
-                continue
-            ops, kshape = _transform(spec, role, ref.layout, shape)
-            rows.append(
-                WeightRow(
-                    hf_name,
-                    shape,
-                    paths[role].format(i=i),
-                    kshape,
-                    tuple(ops),
-                )
-            )
+            for part_role, split, part_shape in _parts(spec, role, ref.layout, shape):
+                ops, keras_shape = _transform(spec, part_role, ref.layout, part_shape)
+                keras_path = paths[part_role].format(i=i)
+                rows.append(WeightRow(hf_name, shape, keras_path, keras_shape, (*split, *ops)))
     return WeightTable(rows)
 
 
