@@ -105,13 +105,13 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         audit_checkpoint,
         audit_keras,
         build_table,
-        checkpoint_names,
         declare_unmapped,
         rename_tensors,
     )
     from hf2kh.inspect.build import build_graph_and_model
     from hf2kh.recognize import recognize_decoder
     from hf2kh.source import check_shapes, load_config, open_checkpoint, tensor_index
+    from hf2kh.source.names import stored_names
 
     progress("source: opening the checkpoint")
     ckpt = open_checkpoint(
@@ -145,7 +145,8 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     shapes = {p.name: p.shape for p in graph.parameters}
     shapes.update({t.name: shapes[t.target] for t in graph.tied})
     buffers = {b.name for b in graph.buffers}
-    names = checkpoint_names(set(shapes) | buffers, set(index), meta_model.base_model_prefix)
+    stored = stored_names(meta_model, index)
+    names = {n: stored.get(n, n) for n in set(shapes) | buffers}
     check_shapes(ckpt, {names[n]: s for n, s in shapes.items()})
     dtypes = {n: i.dtype for n, i in index.items()}
     table = rename_tensors(build_table(spec, shapes), names, dtypes)

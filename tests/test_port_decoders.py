@@ -35,6 +35,7 @@ DECODERS = [
     "qwen3",
     "gemma",
     "gpt2",
+    "gpt_neox",
 ]
 
 _PORTS: dict[str, tuple[Path, object]] = {}

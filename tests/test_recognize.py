@@ -107,3 +107,13 @@ def test_unsupported_models_are_refused_with_the_reason(hf_fixture, name):
     with pytest.raises(UnsupportedModelError) as info:
         _spec(hf_fixture(name))
     assert "\n" not in str(info.value) and str(info.value)
+
+
+def test_gpt_neox_parallel_partial_rotary_per_head_fused(hf_fixture):
+    spec = _spec(hf_fixture("gpt_neox"))
+    config = AutoConfig.from_pretrained(hf_fixture("gpt_neox"))
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert spec.block_layout == "parallel"  # two norms, both reading the block input
+    assert spec.attention.fused_qkv and spec.attention.fused_layout == "per_head"
+    assert spec.rope.rotary_dim == int(head_dim * config.rope_parameters["partial_rotary_factor"])
+    assert spec.rope.rotary_dim < spec.attention.head_dim == head_dim

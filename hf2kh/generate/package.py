@@ -109,6 +109,8 @@ def _op_text(op: dict) -> str:
         return f"reshape {op['shape']}"
     if op["op"] == "split":
         return f"part {op['index']} of split {op['sizes']} on axis {op['axis']}"
+    if op["op"] == "take":
+        return f"take index {op['index']} of axis {op['axis']}"
     return op["op"]
 
 

@@ -128,12 +128,23 @@ def _parts(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
     a = spec.attention
     sizes = [a.num_query_heads * a.head_dim] + [a.num_key_value_heads * a.head_dim] * 2
     axis = 0 if layout == "linear" else -1  # Linear stores (out, in), Conv1D and biases (..., out)
+    if a.fused_layout == "per_head" and axis != 0 and len(shape) > 1:
+        raise ValueError("a per-head fused projection is only known as a Linear layer")
     parts = []
     for index, name in enumerate(("query", "key", "value")):
         part_shape = list(shape)
         part_shape[axis] = sizes[index]
-        split = {"op": "split", "axis": axis, "sizes": sizes, "index": index}
-        parts.append((f"{name}.{role.split('.')[1]}", (split,), tuple(part_shape)))
+        if a.fused_layout == "per_head":
+            # Rows are [q_h | k_h | v_h] per head: view (heads, 3, head_dim, ...), take one part.
+            rest = list(shape[1:])
+            ops = (
+                {"op": "reshape", "shape": [a.num_query_heads, 3, a.head_dim, *rest]},
+                {"op": "take", "axis": 1, "index": index},
+                {"op": "reshape", "shape": [sizes[index], *rest]},
+            )
+        else:
+            ops = ({"op": "split", "axis": axis, "sizes": sizes, "index": index},)
+        parts.append((f"{name}.{role.split('.')[1]}", ops, tuple(part_shape)))
     return parts
 
 
@@ -153,22 +164,6 @@ def build_table(spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]]) -> Weigh
                 keras_path = paths[part_role].format(i=i)
                 rows.append(WeightRow(hf_name, shape, keras_path, keras_shape, (*split, *ops)))
     return WeightTable(rows)
-
-
-def checkpoint_names(model_names: set[str], stored: set[str], prefix: str) -> dict[str, str]:
-    """Model tensor name -> the name the checkpoint stores it under.
-
-    Checkpoints saved from the base model (the original GPT-2, for one) lack the task model's
-    `base_model_prefix.`; transformers accepts both, and so does the port.
-    """
-    mapping = {}
-    for name in model_names:
-        short = name[len(prefix) + 1 :] if prefix and name.startswith(f"{prefix}.") else None
-        if name not in stored and short is not None and short in stored:
-            mapping[name] = short
-        else:
-            mapping[name] = name
-    return mapping
 
 
 def rename_tensors(
@@ -218,8 +213,8 @@ def audit_checkpoint(table: WeightTable, checkpoint: dict[str, tuple[int, ...]])
     problems: list[str] = []
     used: dict[str, list[dict | None]] = {}
     for row in table.rows:
-        split = next((op for op in row.transform if op["op"] == "split"), None)
-        used.setdefault(row.hf_name, []).append(split)
+        part = next((op for op in row.transform if op["op"] in ("split", "take")), None)
+        used.setdefault(row.hf_name, []).append(part)
         if row.hf_name not in checkpoint:
             problems.append(
                 f"Keras variable {row.keras_path} is left unfilled: "
@@ -234,7 +229,7 @@ def audit_checkpoint(table: WeightTable, checkpoint: dict[str, tuple[int, ...]])
             problems.append(f"{name} is used {len(splits)} times")
         elif None not in splits:
             indices = sorted(s["index"] for s in splits)
-            if indices != list(range(len(splits[0]["sizes"]))):
+            if indices != list(range(len(splits))):
                 problems.append(f"{name} is split into parts {indices}, not each part once")
     unused = sorted(set(checkpoint) - set(used) - set(table.declared))
     problems += [f"checkpoint tensor {n} is not used by the port" for n in unused]

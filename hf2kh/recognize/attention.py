@@ -37,23 +37,46 @@ def attention_spec(G: GraphView, attn: str, hidden_dim: int, block0: str, eviden
     weights = {}
     attrs = node.attributes
     fused = len(q) == 1 and q == k == v
+    fused_layout = "blocked"
     if fused:
         refs, layout, bias = parts.proj_weights(G, "qkv", q[0], block0, hidden_dim)
         weights.update(refs)
-        split = next((c for c in calls if c.target == "split" and G.out(q[0]) in c.inputs), None)
+        split = next(
+            (
+                c
+                for c in calls
+                if c.target in ("split", "chunk")
+                and len(c.outputs) == 3
+                and G.derives(c.inputs[0], G.out(q[0]))
+            ),
+            None,
+        )
         if split is None:
             raise UnsupportedModelError(
-                f"{attn}: the fused projection {q[0]} is not split into q, k, v by a plain split"
+                f"{attn}: the fused projection {q[0]} is not split into q, k, v"
             )
-        widths = [G.g.value(x).shape[-1] for x in split.outputs]
         if not all(
             G.derives(operand, part)
             for part, operand in zip(split.outputs, (q_val, k_val, v_val), strict=True)
         ):
             raise UnsupportedModelError(f"{attn}: fused projection is not split in q, k, v order")
+        widths = [G.g.value(x).shape[-1] for x in split.outputs]
+        split_input = G.g.value(split.inputs[0]).shape
+        total = G.g.value(G.out(q[0])).shape[-1]
+        # Split on the projection's own output: [q | k | v] blocks. Split on a per-head view of
+        # it (heads, 3 * head_dim): each head's rows are [q_h | k_h | v_h].
+        fused_layout = "blocked" if split_input[-1] == total else "per_head"
+        if fused_layout == "per_head":
+            if len(set(widths)) != 1:
+                raise UnsupportedModelError(f"{attn}: per-head fused q/k/v of unequal widths")
+            heads = total // sum(widths)
+            widths = [w * heads for w in widths]
         q_out, k_out = widths[0], widths[1]
         q_bias = k_bias = v_bias = bias
-        evidence.append(f"attention: fused qkv projection {q[0]} ({layout}), split {widths}")
+        evidence.append(
+            f"attention: fused qkv projection {q[0]} ({layout}, {fused_layout} layout), "
+            f"q/k/v widths {widths}"
+        )
     else:
         if not (len(q) == len(k) == len(v) == 1) or len({q[0], k[0], v[0]}) != 3:
             raise UnsupportedModelError(f"{attn}: cannot tell q/k/v projections ({q}, {k}, {v})")
@@ -70,9 +93,8 @@ def attention_spec(G: GraphView, attn: str, hidden_dim: int, block0: str, eviden
         evidence.append(
             f"attention: q/k/v from {q[0]}, {k[0]}, {v[0]} (feed the score/mix matmuls)"
         )
-    head_dim = int(attrs.get("head_dim") or 0)
-    if not head_dim:
-        raise UnsupportedModelError(f"{attn}: no head_dim setting found")
+    # The query operand of the score matmul is (batch, heads, length, head_dim).
+    head_dim = G.g.value(q_val).shape[-1]
     q_heads, k_heads = q_out // head_dim, k_out // head_dim
     o_refs, o_layout, o_bias = parts.proj_weights(G, "out", o[0], block0, q_out)
     weights.update(o_refs)
@@ -103,6 +125,7 @@ def attention_spec(G: GraphView, attn: str, hidden_dim: int, block0: str, eviden
         scale=float(scale),
         qk_norm=qk_norm,
         fused_qkv=fused,
+        fused_layout=fused_layout if fused else "blocked",
     )
     evidence.append(
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "

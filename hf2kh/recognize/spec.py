@@ -40,7 +40,10 @@ class AttentionSpec:
     scale: float
     qk_norm: NormSpec | None = None
     sliding_window: int | None = None
-    fused_qkv: bool = False  # one projection producing q, k, v (split along its output)
+    fused_qkv: bool = False  # one projection producing q, k, v
+    # Row order of a fused projection: "blocked" [q | k | v], or "per_head" [q_h | k_h | v_h]
+    # for each head h (split on a (heads, 3 * head_dim) view).
+    fused_layout: str = "blocked"
 
 
 @dataclass(frozen=True)
