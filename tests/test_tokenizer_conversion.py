@@ -29,6 +29,7 @@ from hf2kh.generate.tokenizer import (
 )
 from tests.fixtures.tokenizers import (
     LLAMA3_SPLIT_PATTERN,
+    LLAMA3_STYLE,
     QWEN2_SPLIT_PATTERN,
     train_byte_bpe,
     train_sentencepiece,
@@ -43,13 +44,7 @@ KINDS: dict[str, tuple] = {
     "bpe_gpt2_bos": (train_byte_bpe, dict(style="gpt2", add_bos=True), "byte_bpe"),
     "bpe_llama3": (
         train_byte_bpe,
-        dict(
-            style="llama3",
-            add_bos=True,
-            bos="<|begin_of_text|>",
-            eos="<|end_of_text|>",
-            extra_special=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-        ),
+        LLAMA3_STYLE,
         "byte_bpe",
     ),
     "bpe_qwen2": (
