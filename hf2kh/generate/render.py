@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import jinja2
@@ -67,7 +66,6 @@ def render_package(
         "mlp": spec.mlp,
         "rope": spec.rope,
         "tokenizer": ctx.tokenizer,
-        "spec_dict": asdict(spec),
     }
     written = []
     for name, template in package_files(ctx).items():

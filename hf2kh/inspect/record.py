@@ -11,7 +11,6 @@ exact shapes of a model of any size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,21 +42,26 @@ _METADATA_CALLS = {
 }
 
 
-def flatten_tensors(obj: Any) -> list[torch.Tensor]:
-    """All tensors in a (nested) structure of tuples, lists, dicts and ModelOutputs."""
-    found: list[torch.Tensor] = []
+def _leaves(obj: Any) -> list[Any]:
+    """The leaves of a (nested) structure of tuples, lists, dicts and ModelOutputs, in order."""
+    found: list[Any] = []
     stack = [obj]
     while stack:
         item = stack.pop(0)
-        if isinstance(item, torch.Tensor):
-            found.append(item)
-        elif isinstance(item, (list, tuple)):
+        if isinstance(item, (list, tuple)):
             stack[0:0] = list(item)
         elif isinstance(item, dict):
             stack[0:0] = list(item.values())
-        elif hasattr(item, "to_tuple") and callable(item.to_tuple):
+        elif not isinstance(item, torch.Tensor) and callable(getattr(item, "to_tuple", None)):
             stack[0:0] = list(item.to_tuple())
+        else:
+            found.append(item)
     return found
+
+
+def flatten_tensors(obj: Any) -> list[torch.Tensor]:
+    """All tensors in a (nested) structure of tuples, lists, dicts and ModelOutputs."""
+    return [leaf for leaf in _leaves(obj) if isinstance(leaf, torch.Tensor)]
 
 
 @dataclass
@@ -66,19 +70,16 @@ class Recording:
     values: list[Value] = field(default_factory=list)
     # Value id -> the tensor itself (kept alive so identities stay unique; meta tensors are free).
     tensors: dict[int, torch.Tensor] = field(default_factory=dict)
-    module_inputs: dict[int, tuple[tuple, dict]] = field(default_factory=dict)
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, named_tensors: dict[int, str], keep_module_inputs: Iterable[str] = ()):
+    def __init__(self, named_tensors: dict[int, str]):
         super().__init__()
         self.rec = Recording()
         self._ids: dict[int, int] = {}
         self._sources = named_tensors  # id(tensor) -> "param:..."/"buffer:..."/"input:..."
         self.scope: list[str] = [""]
-        self._pending: dict[int, int] = {}  # id(module) -> open call index (a stack per module)
-        self._open: list[tuple[int, int]] = []
-        self._keep_inputs = set(keep_module_inputs)
+        self._open: list[int] = []  # indices of the module calls still running
         self.active = True
 
     # -- values ------------------------------------------------------------------------------
@@ -158,9 +159,7 @@ class _Recorder(TorchFunctionMode):
                     outputs=[],
                 )
             )
-            if path in self._keep_inputs:
-                self.rec.module_inputs.setdefault(index, (args, dict(kwargs)))
-            self._open.append((id(module), index))
+            self._open.append(index)
             self.scope.append(path)
             return None
 
@@ -171,7 +170,7 @@ class _Recorder(TorchFunctionMode):
             if not self.active:
                 return None
             self.scope.pop()
-            _, index = self._open.pop()
+            index = self._open.pop()
             call = self.rec.calls[index]
             for t in flatten_tensors(output):
                 call.outputs.append(self.value_id(t, producer=None if self._known(t) else index))
@@ -204,25 +203,17 @@ def _mutates(name: str) -> bool:
 
 def _constants(obj: Any) -> list[str]:
     """Short reprs of the non-tensor scalar arguments (e.g. the 0.5 of `x * 0.5`)."""
-    found: list[str] = []
-    stack = [obj]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, (list, tuple)):
-            stack[0:0] = list(item)
-        elif isinstance(item, dict):
-            stack[0:0] = list(item.values())
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, (int, float)):
-            found.append(repr(item))
-    return found[:8]
+    scalars = [
+        repr(leaf)
+        for leaf in _leaves(obj)
+        if isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
+    ]
+    return scalars[:8]
 
 
 def record_forward(
     model: torch.nn.Module,
     inputs: dict[str, torch.Tensor],
-    keep_module_inputs: Iterable[str] = (),
 ) -> tuple[Recording, Any]:
     """Run `model(**inputs)` once and record its calls. Returns the recording and the output."""
     named: dict[int, str] = {}
@@ -232,7 +223,7 @@ def record_forward(
         named.setdefault(id(b), f"buffer:{name}")
     for name, t in inputs.items():
         named[id(t)] = f"input:{name}"
-    recorder = _Recorder(named, keep_module_inputs)
+    recorder = _Recorder(named)
     handles = []
     for path, module in model.named_modules():
         if path == "":
