@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
+from hf2kh.crash import INTERNAL_ERROR_EXIT, internal_error_message, one_line, write_crash_report
 from hf2kh.errors import Hf2khError
+from hf2kh.interrupt import Terminated
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 app = typer.Typer(
     add_completion=False,
@@ -75,7 +79,9 @@ def port(
     verify: Annotated[
         bool, typer.Option("--verify", help="Prove numerical equivalence with the HF model.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it holds an earlier hf2kh port.")
+    ] = False,
     revision: Revision = None,
     token: Token = None,
     trust_remote_code: TrustRemoteCode = False,
@@ -87,16 +93,24 @@ def port(
     junit: Annotated[
         Path | None, typer.Option(help="Also write the verification as JUnit XML.")
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress and no summary on stdout.")
+    ] = False,
 ) -> None:
-    """Generate a KerasHub package for a checkpoint, convert its weights, optionally verify."""
+    """Generate a KerasHub package for a checkpoint, convert its weights, optionally verify.
+
+    --force replaces an earlier hf2kh port only; any other non-empty directory is refused."""
     from rich.console import Console
 
+    from hf2kh.errors import BadOptionError
     from hf2kh.port import PortOptions, package_name, run_port
     from hf2kh.summary import print_summary
 
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise typer.BadParameter("dtype must be float32, bfloat16 or float16")
-    console = Console(stderr=True)
+    if dtype not in DTYPES:
+        raise BadOptionError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    console = Console(quiet=quiet)
+    if quiet or not sys.stderr.isatty():
+        _no_progress_bars()
     out = out or Path(f"{package_name(repo, name)}-keras")
     options = PortOptions(
         repo=repo,
@@ -115,7 +129,7 @@ def port(
     if device != "cpu":
         os.environ.setdefault("KERAS_TORCH_DEVICE", device)
     result = run_port(options, progress=lambda line: console.print(f"[cyan]>[/] {line}"))
-    print_summary(result)
+    print_summary(result, console)
     if result.verification is not None and not result.verification.passed:
         from hf2kh.errors import VerificationFailed
 
@@ -124,16 +138,42 @@ def port(
         )
 
 
+def _no_progress_bars() -> None:
+    """Silence the download/loading bars of huggingface_hub and transformers (on stderr), for
+    --quiet and for logs: stderr then carries only warnings and the one `error:` line."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    """End the command with exactly one `error:` line on stderr."""
+    sys.stdout.flush()
+    typer.echo(f"error: {one_line(message)}", err=True)
+    sys.exit(exit_code)
+
+
 def main() -> None:
+    """Run the CLI. Exit codes: 0 success, 1 verification failed, 2 bad input or unsupported
+    model, 3 internal error (a bug in hf2kh), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+    Every failure is one `error:` line on stderr; progress goes to stdout."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         app()
     except Hf2khError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted; nothing was written", 130)
+    except Terminated as exc:
+        _fail(f"{exc}; nothing was written", exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug in hf2kh
+        try:
+            report = write_crash_report(exc)
+        except OSError:
+            report = None
+        _fail(internal_error_message(exc, report), INTERNAL_ERROR_EXIT)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Every error a user can cause (bad path, broken file, unsupported model, failed verification) is a
 subclass of `Hf2khError`. The CLI prints its message as one line and exits with `exit_code`; no
-traceback. Anything else is a bug in hf2kh and keeps its traceback.
+traceback. Anything else is a bug in hf2kh: the CLI says so in one line and writes the traceback
+to a file (`hf2kh.cli`, exit code 3).
 """
 
 
@@ -25,7 +26,19 @@ class WeightAuditError(Hf2khError):
 
 
 class OutputExistsError(Hf2khError):
-    """The output directory exists and `--force` was not given."""
+    """The output directory holds an earlier port and `--force` was not given."""
+
+
+class OutputRefusedError(Hf2khError):
+    """The output directory is not one hf2kh may write (a user's files, cwd, home, a root)."""
+
+
+class OutputBusyError(Hf2khError):
+    """Another hf2kh port is writing the same output directory."""
+
+
+class BadOptionError(Hf2khError):
+    """A command-line option has a value hf2kh does not accept."""
 
 
 class VerificationFailed(Hf2khError):

@@ -1,7 +1,8 @@
 """`hf2kh port`: source -> inspect -> recognize -> generate -> convert -> verify.
 
 Everything is written into a staging directory beside `--out` and moved into place only when
-every stage succeeded, so a failed or interrupted port leaves nothing half-written.
+every stage succeeded (`hf2kh.output`), so a failed or interrupted port leaves nothing
+half-written.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf2kh.errors import Hf2khError, OutputExistsError, SourceError, VerificationFailed
+from hf2kh import output
+from hf2kh.errors import Hf2khError, SourceError, VerificationFailed
 
 
 @dataclass
@@ -73,20 +73,12 @@ def check_name_is_free(name: str) -> None:
 
 
 def run_port(options: PortOptions, progress: Callable[[str], None] = print) -> PortResult:
+    """Port `options.repo` into `options.out`; see `hf2kh.output` for how `--out` is written."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    out = options.out.resolve()
-    if out.exists() and any(out.iterdir()) and not options.force:
-        raise OutputExistsError(f"output directory {out} exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    out = output.target_path(options.out)
+    description = {"repo": options.repo, "revision": options.revision}
+    with output.staged_output(out, options.force, progress, description) as staging:
         result = _port_into(options, staging, out, progress)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     _relocate(result, staging, out)
     return result
 

@@ -39,12 +39,23 @@ def mlp_spec(G: GraphView, mlp: str, hidden_dim: int, block0: str, evidence: lis
     )
     if act_call is None:
         raise UnsupportedModelError(f"{mlp}: no activation found")
-    if act_call.kind == "module":
-        act_module = probes.materialize(G.submodule(act_call.target))
-        activation = probes.probe_activation(act_module)
-    else:
-        fn = getattr(torch.nn.functional, act_call.target, None) or getattr(torch, act_call.target)
-        activation = probes.probe_activation(fn)
+    try:
+        if act_call.kind == "module":
+            act_module = probes.materialize(G.submodule(act_call.target))
+            activation = probes.probe_activation(act_module)
+        else:
+            fn = getattr(torch.nn.functional, act_call.target, None) or getattr(
+                torch, act_call.target
+            )
+            activation = probes.probe_activation(fn)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the op is not a one-argument activation
+        raise UnsupportedModelError(
+            f"{mlp}: the op {act_call.target!r} after its input projection is not an activation "
+            f"hf2kh knows ({type(exc).__name__} when probed as one); this MLP layout is not "
+            "supported yet"
+        ) from exc
     gate = next((p for p in ins if G.out(p) in act_call.inputs), None)
     if gate is None:
         raise UnsupportedModelError(f"{mlp}: the activation does not read a projection")
