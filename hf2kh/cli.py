@@ -12,7 +12,7 @@ import typer
 
 from hf2kh.crash import INTERNAL_ERROR_EXIT, internal_error_message, one_line, write_crash_report
 from hf2kh.errors import Hf2khError
-from hf2kh.interrupt import Terminated
+from hf2kh.interrupt import Interrupted, signals_as_exceptions
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -161,13 +161,14 @@ def main() -> None:
     Every failure is one `error:` line on stderr; progress goes to stdout."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
-        app()
+        with signals_as_exceptions():
+            app()
     except Hf2khError as exc:
         _fail(str(exc), exc.exit_code)
+    except Interrupted as exc:
+        _fail(f"{exc}; nothing was written", exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; nothing was written", 130)
-    except Terminated as exc:
-        _fail(f"{exc}; nothing was written", exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - anything else is a bug in hf2kh
         try:
             report = write_crash_report(exc)

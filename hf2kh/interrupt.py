@@ -1,9 +1,10 @@
 """SIGINT and SIGTERM as exceptions, so a port's cleanup runs when it is stopped.
 
-Python turns SIGINT into `KeyboardInterrupt`, but SIGTERM (what `kill`, `timeout` and job
-schedulers send) ends the process at once, without `finally` blocks. While a port runs,
-`signals_as_exceptions` makes SIGTERM raise `Terminated` instead; `deferred_signals` holds both
-signals back for the few system calls that must not be split (moving a finished port in).
+SIGTERM (what `kill`, `timeout` and job schedulers send) ends a Python process at once, without
+`finally` blocks, and typer turns Python's `KeyboardInterrupt` into a silent exit. While the CLI
+and a port run, `signals_as_exceptions` makes both signals raise `Interrupted`, so cleanup runs
+and the CLI can say what happened; `deferred_signals` holds them back for the few system calls
+that must not be split (moving a finished port in).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from contextlib import contextmanager
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Terminated(BaseException):
-    """The process received SIGTERM. A BaseException, like KeyboardInterrupt, so that
+class Interrupted(BaseException):
+    """The process received SIGINT or SIGTERM. A BaseException, like KeyboardInterrupt, so that
     `except Exception` blocks do not swallow it."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        what = "interrupted by" if signum == signal.SIGINT else "terminated by"
+        super().__init__(f"{what} {signal.Signals(signum).name}")
         self.signum = signum
 
     @property
@@ -30,8 +32,8 @@ class Terminated(BaseException):
         return 128 + self.signum
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(signum)
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def _in_main_thread() -> bool:
@@ -40,16 +42,13 @@ def _in_main_thread() -> bool:
 
 @contextmanager
 def signals_as_exceptions() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` and SIGINT `KeyboardInterrupt` in the main
-    thread; the previous handlers come back afterwards. Outside the main thread (where Python
-    cannot install handlers) this does nothing."""
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread; the previous
+    handlers come back afterwards. Outside the main thread (where Python cannot install
+    handlers) this does nothing."""
     if not _in_main_thread():
         yield
         return
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated),
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-    }
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
