@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from typing import Any
 from unittest import mock
@@ -49,6 +50,19 @@ def instantiate(
     # Eager attention: its matmuls, scaling, mask and softmax are recorded as separate calls, and
     # it is the float32 reference transformers itself tests against.
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
+    if device == "meta":
+        # Mixture-of-experts blocks: transformers 5 defaults `experts_implementation` to
+        # "grouped_mm", and `integrations.moe._can_use_grouped_mm` rules that kernel out only on
+        # cpu/cuda, so on `meta` it calls `torch.nn.functional.grouped_mm`, whose meta kernel
+        # repeats the CUDA kernel's check and rejects float32 ("Expected inputs of BF16 type").
+        # The "eager" loop cannot run on `meta` either: it asks which experts were hit
+        # (`nonzero`, a data-dependent shape). "batched_mm" gathers each token's top-k expert
+        # weights and multiplies them with `bmm`: the same function, with shapes that do not depend
+        # on the routing, so it runs on `meta` in any dtype.
+        kwargs["experts_implementation"] = "batched_mm"
+        # `_from_config` writes these choices onto the config it is given; keep the caller's
+        # config (which later builds the float32 reference) as it was.
+        config = copy.deepcopy(config)
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     try:
