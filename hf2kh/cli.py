@@ -138,6 +138,12 @@ def port(
         )
 
 
+# `hf2kh zoo` (the breadth sweep) is defined with its package, hf2kh/zoo/command.py.
+from hf2kh.zoo.command import zoo  # noqa: E402
+
+app.command()(zoo)
+
+
 def _no_progress_bars() -> None:
     """Silence the download/loading bars of huggingface_hub and transformers (on stderr), for
     --quiet and for logs: stderr then carries only warnings and the one `error:` line."""
