@@ -1,4 +1,4 @@
-"""`hf2kh port` on bad input: one `error:` line, a non-zero exit, no traceback, nothing written."""
+"""`hf2kh port` on bad input: one `error:` line, exit code 2, no traceback, nothing written."""
 
 from __future__ import annotations
 
@@ -80,10 +80,11 @@ def _run(monkeypatch, capfd, args: list[str]) -> str:
     monkeypatch.setattr(sys, "argv", ["hf2kh", *args])
     with pytest.raises(SystemExit) as exit_info:
         main()
-    assert exit_info.value.code not in (0, None)
+    assert exit_info.value.code == 2  # README: bad input or unsupported model
     captured = capfd.readouterr()
     text = captured.out + captured.err
     assert "Traceback" not in text
+    assert "error: " not in captured.out  # the error goes to stderr, progress to stdout
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, captured.err
     return errors[0]
