@@ -1,16 +1,20 @@
-"""`hf2kh port --verify` on every decoder family, and independent checks of what it wrote.
+"""`hf2kh port --verify` on every fixture: each one is either ported and verified or refused with
+its reason (OUTCOMES), and independent checks of what a verified port wrote.
 
-Each fixture is ported once per session through the real CLI (typer app, in process). Then,
-independently of hf2kh's own verification, the generated package is imported from disk, the
-preset loaded with `keras_hub.models.CausalLM.from_preset`, and its logits and text generation
-compared with the HF model; the generated package's own tests run under pytest, and ruff checks
-its code.
+Ports are shared through `conftest.ported` (the CLI entry point in-process, once per session).
+Independently of hf2kh's own verification, the generated package is imported from disk, the
+preset loaded with `keras_hub.models.CausalLM.from_preset`, its logits compared with the HF
+model and its greedy generation compared token id by token id (a batch of prompts of different
+lengths, each row against HF's greedy for that prompt alone); the generated packages' own tests
+run in one pytest subprocess, and ruff checks their code.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,57 +23,88 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from hf2kh.cli import app
 from hf2kh.generate.render import RUFF_SETTINGS
 from hf2kh.port import import_generated
+from tests.fixtures.cli import AWKWARD_DIR, run_cli
+from tests.fixtures.factory import FIXTURES
 
-DECODERS = [
-    "llama",
-    "llama_tied",
-    "llama3",
-    "llama_bias",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "gpt2",
-    "gpt_neox",
-]
+VERIFIED = "verified"
 
-_PORTS: dict[str, tuple[Path, object]] = {}
+# What `hf2kh port --verify` does with each fixture: VERIFIED, or a text its one-line refusal must
+# contain. When a family starts to port, change its entry to VERIFIED.
+OUTCOMES: dict[str, str] = {
+    "llama": VERIFIED,
+    "llama_tied": VERIFIED,
+    "llama3": VERIFIED,
+    "llama_bias": VERIFIED,
+    "mistral": VERIFIED,
+    "qwen2": VERIFIED,
+    "qwen3": VERIFIED,
+    "gemma": VERIFIED,
+    "gpt2": VERIFIED,
+    "gpt_neox": VERIFIED,
+    "opt": "expected one MLP in model.decoder.layers.0",
+    "opt_350m_style": "expected one MLP in model.decoder.layers.0",
+    "gpt_neo": "blocks of transformer.h are not all alike (attn.attention.attention_type: "
+    "'global' vs 'local'",
+    "phi": "the LM head lm_head has a bias, not supported yet",
+    "falcon": "transformer.h.0.self_attention: cannot tell the output projection",
+    "bloom": "the fused projection transformer.h.0.self_attention.query_key_value is not split "
+    "into q, k, v",
+    "bert": "expected one MLP in bert.encoder.layer.0",
+    "bert_cls": "expected one MLP in bert.encoder.layer.0",
+    "roberta": "expected one MLP in roberta.encoder.layer.0",
+    "distilbert": "distilbert.transformer.layer.0 is not a pre-norm block",
+    "electra": "expected one MLP in electra.encoder.layer.0",
+}
+
+DECODERS = [name for name, outcome in OUTCOMES.items() if outcome == VERIFIED]
+SUBPROCESS_TIMEOUT = 600
 
 
-def run_cli(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+def test_outcomes_cover_every_fixture():
+    assert sorted(OUTCOMES) == sorted(FIXTURES)
 
 
-@pytest.fixture(scope="session")
-def ported(hf_fixture, tmp_path_factory):
-    """name -> (output dir, CLI result), porting each fixture at most once."""
+@pytest.mark.parametrize("name", list(OUTCOMES))
+def test_fixture_is_verified_or_refused_with_its_reason(ported, name):
+    port = ported(name)
+    expected = OUTCOMES[name]
+    if expected != VERIFIED:
+        assert port.cli.exit_code == 2, port.cli.describe()
+        assert len(port.cli.error_lines) == 1, port.cli.describe()
+        assert expected in port.cli.error_lines[0], port.cli.describe()
+        assert "Traceback" not in port.cli.stdout + port.cli.stderr
+        assert not port.out.exists()
+        return
+    assert port.cli.exit_code == 0, port.cli.describe()
+    assert not port.cli.error_lines, port.cli.describe()
+    report = port.report
+    assert report["passed"] is True
+    assert report["package_dir"] == str(port.out / port.package)
+    assert Path(report["package_dir"]).is_dir() and Path(report["preset_dir"]).is_dir()
+    groups = {c["group"] for c in report["checks"]}
+    assert {"layers", "blocks", "logits", "generation", "tokenizer"} <= groups
+    assert all(c["passed"] for c in report["checks"])
+    assert report["weights"]["mapped"] == report["weights"]["total"]
+    suite = ET.parse(port.junit).getroot()
+    assert suite.get("failures") == "0"
+    assert int(suite.get("tests")) == len(report["checks"])
 
-    def get(name: str):
-        if name not in _PORTS:
-            out = tmp_path_factory.mktemp("ports") / name
-            try:
-                result = run_cli(
-                    "port",
-                    str(hf_fixture(name)),
-                    "--out",
-                    str(out),
-                    "--name",
-                    f"tiny_{name}",
-                    "--verify",
-                    "--junit",
-                    str(out.parent / "junit.xml"),
-                )
-            except Exception as exc:  # noqa: BLE001 - kept so the failing test shows it
-                result = exc
-            _PORTS[name] = (out, result)
-        return _PORTS[name]
 
-    return get
+def test_ports_go_into_a_path_with_spaces_and_quotes(ported):
+    """Every shared port is written under `out dir/it's "here"`; the verified ones pass, their
+    preset loads and their package's tests run from there (the tests below)."""
+    port = ported("llama")
+    assert port.out.parts[-2:] == AWKWARD_DIR
+    assert " " in str(port.out) and "'" in str(port.out) and '"' in str(port.out)
+    assert port.cli.exit_code == 0, port.cli.describe()
+    assert port.report["preset_dir"] == str(port.out / "preset")
+    presets = (port.out / port.package / f"{port.package}_presets.py").read_text()
+    assert repr(str(port.out / "preset")) in presets or json.dumps(
+        str(port.out / "preset")
+    ) in presets
 
 
 def _hf_model(path: Path):
@@ -80,32 +115,34 @@ def _hf_model(path: Path):
     ).eval()
 
 
-@pytest.mark.parametrize("name", DECODERS)
-def test_port_verify_passes(ported, name):
-    out, result = ported(name)
-    assert getattr(result, "exit_code", 1) == 0, getattr(result, "output", result)
-    report = json.loads((out / "report.json").read_text())
-    assert report["passed"] is True
-    assert Path(report["package_dir"]).is_dir() and Path(report["preset_dir"]).is_dir()
-    groups = {c["group"] for c in report["checks"]}
-    assert {"layers", "blocks", "logits", "generation", "tokenizer"} <= groups
-    assert all(c["passed"] for c in report["checks"])
-    assert report["weights"]["mapped"] == report["weights"]["total"]
-    suite = ET.parse(out.parent / "junit.xml").getroot()
-    assert suite.get("failures") == "0"
-    assert int(suite.get("tests")) == len(report["checks"])
+def _greedy_alone(hf, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:
+    """HF's greedy continuation of one prompt (full forwards, no cache), and the smallest top-2
+    margin on the way."""
+    ids = torch.tensor([prompt])
+    tokens, margin = [], float("inf")
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            top = torch.topk(hf(input_ids=ids).logits[0, -1], 2)
+            margin = min(margin, float(top.values[0] - top.values[1]))
+            tokens.append(int(top.indices[0]))
+            ids = torch.cat([ids, top.indices[:1].view(1, 1)], dim=1)
+    return tokens, margin
+
+
+PROMPTS = ("The quick brown fox", "Hi", "def add(a, b):\n    return a + b  # the sum of two numbers")
 
 
 @pytest.mark.parametrize("name", DECODERS)
-def test_preset_logits_and_text_generation_match_hf(ported, hf_fixture, name):
+def test_preset_logits_and_greedy_ids_match_hf(ported, hf_fixture, name):
     """Independent of hf2kh's verify: the user's path through keras_hub's public API."""
     import keras
     import keras_hub
     from transformers import AutoTokenizer
 
-    out, _ = ported(name)
-    import_generated(out, f"tiny_{name}")
-    causal_lm = keras_hub.models.CausalLM.from_preset(str(out / "preset"))
+    port = ported(name)
+    assert port.cli.exit_code == 0, port.cli.describe()
+    import_generated(port.out, port.package)
+    causal_lm = keras_hub.models.CausalLM.from_preset(str(port.out / "preset"))
     assert type(causal_lm).__name__ == f"Tiny{name.title().replace('_', '')}CausalLM"
     hf = _hf_model(hf_fixture(name))
     rng = np.random.default_rng(0)
@@ -124,9 +161,34 @@ def test_preset_logits_and_text_generation_match_hf(ported, hf_fixture, name):
     error = np.abs(got[valid] - expected[valid]).max() / np.sqrt(np.mean(expected[valid] ** 2))
     assert error <= 1e-5
 
+    # Greedy generation as token ids: one batch of prompts of different lengths, right-padded;
+    # each row must be HF's greedy continuation of that prompt alone.
     tokenizer = AutoTokenizer.from_pretrained(hf_fixture(name))
-    prompt = "The quick brown fox"
-    prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    lengths = [len(p) for p in prompts]
+    assert len(set(lengths)) == len(lengths), lengths
+    total = max(lengths) + 8
+    batch_ids = np.zeros((len(prompts), total), "int32")
+    batch_mask = np.zeros((len(prompts), total), bool)
+    for row, prompt in enumerate(prompts):
+        batch_ids[row, : len(prompt)] = prompt
+        batch_mask[row, : len(prompt)] = True
+    preprocessor, causal_lm.preprocessor = causal_lm.preprocessor, None
+    causal_lm.compile(sampler="greedy")
+    output = causal_lm.generate(
+        {"token_ids": batch_ids, "padding_mask": batch_mask}, stop_token_ids=None
+    )
+    causal_lm.preprocessor = preprocessor
+    generated = keras.ops.convert_to_numpy(output["token_ids"]).astype(int)
+    for row, prompt in enumerate(prompts):
+        assert generated[row, : len(prompt)].tolist() == prompt
+        expected_ids, margin = _greedy_alone(hf, prompt, total - len(prompt))
+        assert generated[row, len(prompt) :].tolist() == expected_ids, (
+            f"row {row} (prompt length {len(prompt)}), smallest HF top-2 margin {margin:.2e}"
+        )
+
+    # The string path (preprocessor, detokenizer) gives HF's text for HF's cached greedy ids.
+    prompt_ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
     new_tokens = 12
     with torch.no_grad():
         hf_ids = hf.generate(
@@ -136,30 +198,66 @@ def test_preset_logits_and_text_generation_match_hf(ported, hf_fixture, name):
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         )[0]
-    expected_text = tokenizer.decode(hf_ids, skip_special_tokens=True)
-    causal_lm.compile(sampler="greedy")
-    text = causal_lm.generate(prompt, max_length=prompt_ids.shape[1] + new_tokens)
-    assert text == expected_text
+    text = causal_lm.generate(PROMPTS[0], max_length=prompt_ids.shape[1] + new_tokens)
+    assert text == tokenizer.decode(hf_ids, skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("name", DECODERS)
-def test_generated_package_tests_pass(ported, name):
-    out, _ = ported(name)
-    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(out)}
+@pytest.fixture(scope="module")
+def package_tests(ported, tmp_path_factory):
+    """Every verified port's own generated tests, in one pytest subprocess (JUnit per case)."""
+    ports = [ported(name) for name in DECODERS]
+    failed_ports = [p.fixture for p in ports if p.cli.exit_code != 0]
+    junit = tmp_path_factory.mktemp("package_tests") / "junit.xml"
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "torch",
+        "PYTHONPATH": os.pathsep.join(str(p.out) for p in ports if p.cli.exit_code == 0),
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tiny_{name}"],
-        cwd=out,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            *(str(p.out / p.package) for p in ports if p.cli.exit_code == 0),
+        ],
+        cwd=junit.parent,
         env=env,
         capture_output=True,
         text=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout
+    cases: dict[str, list[tuple[str, str]]] = {}
+    if junit.is_file():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            # classname: the test module's dotted path from the common root, ending in
+            # `<package>.<package>_..._test`
+            parts = case.get("classname", "").split(".")
+            package = parts[-2] if len(parts) >= 2 else ""
+            outcome = "passed"
+            for kind in ("failure", "error", "skipped"):
+                if case.find(kind) is not None:
+                    outcome = kind
+            cases.setdefault(package, []).append((case.get("name"), outcome))
+    return result, cases, failed_ports
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_generated_package_tests_pass(package_tests, name):
+    result, cases, failed_ports = package_tests
+    assert name not in failed_ports
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    mine = cases.get(f"tiny_{name}", [])
+    assert len(mine) >= 3, (mine, result.stdout[-3000:])
+    assert all(outcome == "passed" for _, outcome in mine), mine
 
 
 @pytest.mark.parametrize("name", DECODERS)
 def test_generated_code_is_ruff_clean(ported, name):
-    out, _ = ported(name)
+    port = ported(name)
     result = subprocess.run(
         [
             sys.executable,
@@ -172,32 +270,108 @@ def test_generated_code_is_ruff_clean(ported, name):
             "E,F,W,I,B",
             "--ignore",
             "E501",
-            str(out / f"tiny_{name}"),
+            str(port.out / port.package),
         ],
         capture_output=True,
         text=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert result.returncode == 0, result.stdout
-    header = (out / f"tiny_{name}" / f"tiny_{name}_backbone.py").read_text().splitlines()[0]
-    assert header.startswith("# Generated by hf2kh from ")
+    header = (port.out / port.package / f"{port.package}_backbone.py").read_text()
+    assert header.splitlines()[0].startswith("# Generated by hf2kh from ")
 
 
 def test_generated_code_only_has_the_features_it_uses(ported):
-    llama = (ported("llama")[0] / "tiny_llama").glob("*.py")
-    gpt2_dir = ported("gpt2")[0] / "tiny_gpt2"
-    gpt2_files = {p.name for p in gpt2_dir.glob("*.py")}
+    def package(name: str) -> Path:
+        port = ported(name)
+        return port.out / port.package
+
+    llama = package("llama").glob("*.py")
+    gpt2_files = {p.name for p in package("gpt2").glob("*.py")}
     assert "tiny_gpt2_rotary_embedding.py" not in gpt2_files  # learned positions, no rope
     assert "tiny_gpt2_layernorm.py" not in gpt2_files  # stock keras LayerNormalization
     assert "sliding_window" not in "".join(p.read_text() for p in llama)
-    mistral = (ported("mistral")[0] / "tiny_mistral" / "tiny_mistral_decoder.py").read_text()
+    mistral = (package("mistral") / "tiny_mistral_decoder.py").read_text()
     assert "sliding_window" in mistral
-    gemma = (ported("gemma")[0] / "tiny_gemma" / "tiny_gemma_backbone.py").read_text()
+    gemma = (package("gemma") / "tiny_gemma_backbone.py").read_text()
     assert "embedding_scale" in gemma
 
 
-def _corrupt_copy(source: Path, target: Path, edit) -> Path:
-    import shutil
+# ----------------------------------------------------------------------------------------------
+# Reduced precision on CPU
+# ----------------------------------------------------------------------------------------------
 
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_port_verifies_with_the_dtype_tolerance(ported, dtype):
+    from hf2kh.verify.compare import TOLERANCES
+
+    port = ported("llama", "--dtype", dtype)
+    assert port.cli.exit_code == 0, port.cli.describe()
+    report = port.report
+    assert report["passed"] is True, [c for c in report["checks"] if not c["passed"]]
+    preset_config = json.loads((port.out / "preset" / "config.json").read_text())
+    assert dtype in json.dumps(preset_config["config"]["dtype"])
+    (logits,) = [c for c in report["checks"] if c["group"] == "logits"]
+    # Really computed in reduced precision: beyond float32's tolerance, within the dtype's.
+    assert TOLERANCES["float32"] < logits["rel_elementwise"] <= TOLERANCES[dtype]
+    (generation,) = [c for c in report["checks"] if c["group"] == "generation"]
+    assert generation["passed"]
+    assert generation["detail"].startswith("identical") or "near tie" in generation["detail"]
+    assert any(
+        c["rel_elementwise"] is not None and c["rel_elementwise"] > TOLERANCES["float32"]
+        for c in report["checks"]
+        if c["group"] == "layers"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# A hub id, through a mocked download
+# ----------------------------------------------------------------------------------------------
+
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_hub_id_port_records_the_resolved_revision(hf_fixture, tmp_path, monkeypatch):
+    """`hf2kh port org/hub-llama --revision v1`: the revision the hub resolved (a commit sha)
+    reaches the generated files' header and report.json."""
+    import huggingface_hub
+
+    source = hf_fixture("llama")
+    snapshot = tmp_path / "hub" / "models--org--hub-llama" / "snapshots" / HUB_SHA
+    snapshot.mkdir(parents=True)
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, revision=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, revision, tuple(allow_patterns or ())))
+        if repo_id != "org/hub-llama" or revision not in ("v1", HUB_SHA):
+            raise AssertionError(f"unexpected download {repo_id}@{revision}")
+        for file in source.iterdir():
+            if any(fnmatch.fnmatch(file.name, p) for p in allow_patterns or ["*"]):
+                shutil.copy2(file, snapshot / file.name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    work = tmp_path / "work"
+    work.mkdir()
+    run = run_cli("port", "org/hub-llama", "--revision", "v1", "--out", "ported", cwd=work)
+    assert run.exit_code == 0, run.describe()
+    assert calls and calls[0][:2] == ("org/hub-llama", "v1")
+    assert any(revision == HUB_SHA for _, revision, _ in calls[1:])  # weights pinned to the sha
+    out = work / "ported"
+    report = json.loads((out / "report.json").read_text())
+    assert report["repo"] == "org/hub-llama" and report["revision"] == HUB_SHA
+    for path in (out / "hub_llama").glob("*.py"):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith(f"# Generated by hf2kh from org/hub-llama@{HUB_SHA}."), path
+
+
+# ----------------------------------------------------------------------------------------------
+# Broken checkpoints and refused options, through the CLI entry point in-process
+# ----------------------------------------------------------------------------------------------
+
+
+def _corrupt_copy(source: Path, target: Path, edit) -> Path:
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(source, target)
@@ -214,15 +388,11 @@ def test_extra_tensor_fails_the_port_naming_it(hf_fixture, tmp_path):
         lambda t: t.update({"model.extra_scale": torch.ones(3)}),
     )
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "hf2kh.cli", "port", str(bad), "--out", str(out), "--name", "extra"],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert "model.extra_scale" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    run = run_cli("port", bad, "--out", out, "--name", "extra")
+    assert run.exit_code == 2, run.describe()
+    assert len(run.error_lines) == 1 and "model.extra_scale" in run.error_lines[0]
+    assert "Traceback" not in run.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
 def test_missing_tensor_leaves_a_keras_variable_unfilled(hf_fixture, tmp_path):
@@ -231,56 +401,30 @@ def test_missing_tensor_leaves_a_keras_variable_unfilled(hf_fixture, tmp_path):
         tmp_path / "missing",
         lambda t: t.pop("model.layers.1.mlp.up_proj.weight"),
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hf2kh.cli",
-            "port",
-            str(bad),
-            "--out",
-            str(tmp_path / "out"),
-            "--name",
-            "missing",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert "transformer_layer_1/feedforward_intermediate_dense/kernel" in result.stderr
-    assert "model.layers.1.mlp.up_proj.weight" in result.stderr
+    run = run_cli("port", bad, "--out", tmp_path / "out", "--name", "missing")
+    assert run.exit_code == 2, run.describe()
+    (line,) = run.error_lines
+    assert "transformer_layer_1/feedforward_intermediate_dense/kernel" in line
+    assert "model.layers.1.mlp.up_proj.weight" in line
 
 
 def test_existing_output_is_not_overwritten_without_force(hf_fixture, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = subprocess.run(
-        [sys.executable, "-m", "hf2kh.cli", "port", str(hf_fixture("llama")), "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0 and "--force" in result.stderr
+    run = run_cli("port", hf_fixture("llama"), "--out", out)
+    assert run.exit_code == 2, run.describe()
+    (line,) = run.error_lines
+    assert "--force" in line
     assert (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
 def test_name_shadowing_keras_hub_is_refused(hf_fixture, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hf2kh.cli",
-            "port",
-            str(hf_fixture("gemma")),
-            "--out",
-            str(tmp_path / "o"),
-            "--name",
-            "gemma",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0 and "shadow" in result.stderr
+    run = run_cli("port", hf_fixture("gemma"), "--out", tmp_path / "o", "--name", "gemma")
+    assert run.exit_code == 2, run.describe()
+    (line,) = run.error_lines
+    assert "shadow" in line and "keras_hub.models.GemmaBackbone" in line
 
 
 def test_gpt2_checkpoint_in_original_layout(hf_fixture, tmp_path):
