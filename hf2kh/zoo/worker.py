@@ -93,6 +93,7 @@ def run_one(zoo_type: ZooType, tokenizer_dir: Path, work: Path) -> Outcome:
     options = PortOptions(
         repo=str(built.path), out=work / "port", name=package_for(zoo_type.model_type), verify=True
     )
+    stage.set("source")  # run_port's first stage (its own progress line follows)
     try:
         result = run_port(options, progress=stage.from_progress)
     except UnsupportedModelError as exc:
