@@ -102,9 +102,9 @@ def test_ports_go_into_a_path_with_spaces_and_quotes(ported):
     assert port.cli.exit_code == 0, port.cli.describe()
     assert port.report["preset_dir"] == str(port.out / "preset")
     presets = (port.out / port.package / f"{port.package}_presets.py").read_text()
-    assert repr(str(port.out / "preset")) in presets or json.dumps(
-        str(port.out / "preset")
-    ) in presets
+    assert (
+        repr(str(port.out / "preset")) in presets or json.dumps(str(port.out / "preset")) in presets
+    )
 
 
 def _hf_model(path: Path):
@@ -129,7 +129,11 @@ def _greedy_alone(hf, prompt: list[int], new_tokens: int) -> tuple[list[int], fl
     return tokens, margin
 
 
-PROMPTS = ("The quick brown fox", "Hi", "def add(a, b):\n    return a + b  # the sum of two numbers")
+PROMPTS = (
+    "The quick brown fox",
+    "Hi",
+    "def add(a, b):\n    return a + b  # the sum of two numbers",
+)
 
 
 @pytest.mark.parametrize("name", DECODERS)
