@@ -101,7 +101,8 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         rename_tensors,
     )
     from hf2kh.inspect.build import build_graph_and_model
-    from hf2kh.recognize import recognize_decoder
+    from hf2kh.ir import write_json
+    from hf2kh.recognize import recognize_model
     from hf2kh.source import check_shapes, load_config, open_checkpoint, tensor_index
     from hf2kh.source.names import stored_names
 
@@ -126,10 +127,11 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     graph, meta_model = build_graph_and_model(config, options.trust_remote_code)
     graph.write_json(staging / "layer_graph.json")
 
-    progress("recognize: reading the model spec from the graph")
-    spec = recognize_decoder(
+    progress("recognize: reading the model IR from the graph")
+    ir = recognize_model(
         graph, meta_model, config, name=name, source=options.repo, revision=ckpt.revision
     )
+    write_json(ir, staging / "model_ir.json")
     tokenizer_spec = read_tokenizer_spec(ckpt.path)
 
     progress("audit: mapping every checkpoint tensor")
@@ -141,7 +143,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     names = {n: stored.get(n, n) for n in set(shapes) | buffers}
     check_shapes(ckpt, {names[n]: s for n, s in shapes.items()})
     dtypes = {n: i.dtype for n, i in index.items()}
-    table = rename_tensors(build_table(spec, shapes), names, dtypes)
+    table = rename_tensors(build_table(ir, shapes), names, dtypes)
     declare_unmapped(
         table,
         set(index),
@@ -154,13 +156,13 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     progress("generate: writing the KerasHub package")
     preset_dir = staging / "preset"
     num_params = sum(math.prod(p.shape) for p in graph.parameters)
-    ctx = Context(spec, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params)
+    ctx = Context(ir, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params)
     hf_model = load_hf_model(ckpt, config, options)
     hf_tokenizer = load_hf_tokenizer(ckpt)
     package_dir = staging / name
     files = write_package(ctx, package_dir, ckpt.path, table, hf_model, hf_tokenizer)
     module = import_generated(staging, name)
-    backbone_cls = getattr(module, f"{spec.class_prefix}Backbone")
+    backbone_cls = getattr(module, f"{ir.class_prefix}Backbone")
     keras_variables = _keras_variables(backbone_cls, ctx.backbone_config)
     audit_keras(table, keras_variables)
 
@@ -172,7 +174,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         package_dir=package_dir,
         preset_dir=preset_dir,
         report_path=staging / "report.json",
-        spec_lines=spec.evidence,
+        spec_lines=list(ir.evidence),
         weights_mapped=len({r.hf_name for r in table.rows}) + len(table.declared),
         weights_total=len(index),
         files=[str(p.relative_to(staging)) for p in files],
@@ -183,7 +185,8 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         "package_dir": str(out / name),
         "preset_dir": str(out / "preset"),
         "layer_graph": str(out / "layer_graph.json"),
-        "spec": spec.evidence,
+        "model_ir": str(out / "model_ir.json"),
+        "evidence": list(ir.evidence),
         "weights": {"mapped": result.weights_mapped, "total": result.weights_total},
         "checks": [],
         "passed": None,
@@ -191,7 +194,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     if options.verify:
         progress("verify: comparing HF and the converted KerasHub model")
         verification = verify_port(
-            module, spec, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options
+            module, ir, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options
         )
         result.verification = verification
         report["checks"] = verification.to_json()["checks"]
@@ -277,26 +280,26 @@ def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtyp
         raise Hf2khError(f"the generated conversion script failed: {last}")
 
 
-def verify_port(module, spec, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options):
+def verify_port(module, ir, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options):
     import keras_hub
 
     from hf2kh.generate.tokenizer import tokenizer_test_corpus
     from hf2kh.verify.decoder import verify_decoder
 
     causal_lm = keras_hub.models.CausalLM.from_preset(str(preset_dir))
-    expected_cls = getattr(module, f"{spec.class_prefix}CausalLM")
+    expected_cls = getattr(module, f"{ir.class_prefix}CausalLM")
     if type(causal_lm) is not expected_cls:
         raise VerificationFailed(
             f"the preset loads as {type(causal_lm).__name__}, not {expected_cls.__name__}"
         )
-    blocks = [spec.weights["block"].hf_name.format(i=i) for i in range(spec.num_layers)]
+    blocks = [ir.block_path(i) for i in range(ir.num_layers)]
     return verify_decoder(
         hf_model,
         causal_lm,
         blocks,
         hf_tokenizer,
         tokenizer_test_corpus(tokenizer_spec.special_tokens),
-        name=spec.name,
+        name=ir.name,
         dtype=options.dtype,
         device=options.device,
     )

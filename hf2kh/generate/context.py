@@ -1,75 +1,52 @@
-"""The template context: names and constructor arguments derived from a model spec.
+"""The template context: names and constructor arguments derived from the model IR.
 
-Templates only print what this module decides, so every choice about which arguments a generated
-class takes (and therefore what `get_config()` saves) lives here, in one place.
+Templates only print what this module and the component emitters decide, so every choice about
+which arguments a generated class takes (and therefore what `get_config()` saves) lives in Python,
+not in template conditionals.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from hf2kh.recognize.spec import ModelSpec
-
-ACTIVATIONS = {
-    "silu": "ops.silu({x})",
-    "gelu": "ops.gelu({x}, approximate=False)",
-    "gelu_approximate": "ops.gelu({x}, approximate=True)",
-    "relu": "ops.relu({x})",
-}
-
-# Backbone/block argument -> rotary layer argument.
-ROPE_ARGS = {
-    "rope_max_wavelength": "max_wavelength",
-    "rope_rotary_dim": "rotary_dim",
-    "rope_scaling_factor": "scaling_factor",
-    "rope_low_freq_factor": "low_freq_factor",
-    "rope_high_freq_factor": "high_freq_factor",
-    "rope_original_max_position_embeddings": "original_max_position_embeddings",
-}
-
-BASE_FIELDS = [
-    "vocabulary_size",
-    "num_layers",
-    "num_query_heads",
-    "num_key_value_heads",
-    "hidden_dim",
-    "intermediate_dim",
-    "head_dim",
-    "layer_norm_epsilon",
-]
-
-DOCS = {
-    "attention_scale": "float. Multiplies the attention scores (not head_dim**-0.5 here).",
-    "query_key_norm_epsilon": "float. Epsilon of the per-head query/key RMS norms.",
-    "rope_max_wavelength": "float. Rotary base (theta).",
-    "rope_rotary_dim": "int. Features of each head that are rotated.",
-    "rope_scaling_factor": "float. Rotary frequency scaling factor.",
-    "rope_low_freq_factor": "float. Llama 3 rope scaling: low-frequency factor.",
-    "rope_high_freq_factor": "float. Llama 3 rope scaling: high-frequency factor.",
-    "rope_original_max_position_embeddings": "int. Llama 3 rope scaling: original context.",
-    "sliding_window": "int. Tokens each position attends to, itself included.",
-    "max_sequence_length": "int. Rows of the learned position embedding.",
-    "embedding_scale": "float. Multiplies the token embeddings.",
-}
+from hf2kh.components import attention as attention_component
+from hf2kh.components import mlp as mlp_component
+from hf2kh.components import norm as norm_component
+from hf2kh.components import rope as rope_component
+from hf2kh.components.base import Arg, merge_args
+from hf2kh.errors import UnsupportedModelError
+from hf2kh.generate.block_code import BlockCode
+from hf2kh.ir import Attention, Mlp, ModelIR, Norm, NormKind, Positions
 
 
 @dataclass
 class Context:
-    spec: ModelSpec
+    ir: ModelIR
     tokenizer: Any  # hf2kh.generate.tokenizer.TokenizerSpec
     preset_path: str = ""
     num_params: int = 0
 
+    def __post_init__(self) -> None:
+        if len(self.ir.block_types) != 1:
+            raise UnsupportedModelError(
+                f"{len(self.ir.block_types)} structurally different block types; "
+                "emitting more than one block class is not supported yet"
+            )
+
     # -- names ---------------------------------------------------------------------------------
     @property
+    def spec(self) -> ModelIR:
+        return self.ir
+
+    @property
     def package(self) -> str:
-        return self.spec.name
+        return self.ir.name
 
     @property
     def prefix(self) -> str:
-        return self.spec.class_prefix
+        return self.ir.class_prefix
 
     @property
     def import_prefix(self) -> str:
@@ -77,120 +54,189 @@ class Context:
         return f"{self.package}."
 
     @property
-    def norm(self):
-        return self.spec.norm
+    def block(self):
+        return self.ir.block_types[0]
+
+    @property
+    def attention(self) -> Attention:
+        return self.block.attention
+
+    @property
+    def attention_component(self):
+        return next(c for c in self.block.components if isinstance(c.spec, Attention))
+
+    @property
+    def mlp(self) -> Mlp:
+        return next(c.spec for c in self.block.components if isinstance(c.spec, Mlp))
+
+    @property
+    def rope(self):
+        return self.attention.rope
+
+    @property
+    def norms(self) -> list[Norm]:
+        found = [c.spec for c in self.block.components if isinstance(c.spec, Norm)]
+        if self.ir.head.final_norm is not None:
+            found.append(self.ir.head.final_norm)
+        return found
+
+    @property
+    def norm(self) -> Norm:
+        """The RMS norm the package's norm layer implements (every RMS norm of the model)."""
+        rms = [n for n in [*self.norms, self.attention.qk_norm] if n and n.kind is NormKind.RMS]
+        if len({n.scale_offset for n in rms}) > 1:
+            raise UnsupportedModelError("RMS norms with and without the (1 + w) form in one model")
+        return rms[0] if rms else self.norms[0]
 
     @property
     def norm_class(self) -> str:
-        return f"{self.prefix}LayerNorm"
+        return norm_component.rms_class(self.prefix)
 
     @property
     def needs_layernorm_file(self) -> bool:
-        return self.spec.norm.kind == "rms" or self.spec.attention.qk_norm is not None
+        return any(n.kind is NormKind.RMS for n in self.norms) or self.attention.qk_norm is not None
+
+    def norm_layer(self, norm: Norm, epsilon: str, name: str, dtype: str) -> str:
+        return norm_component.layer_code(norm, self.prefix, epsilon, name, dtype)
+
+    @property
+    def final_norm_layer(self) -> str:
+        norm = self.ir.head.final_norm
+        return self.norm_layer(norm, "layer_norm_epsilon", "sequence_output_layernorm", "dtype")
+
+    @cached_property
+    def block_code(self) -> BlockCode:
+        return BlockCode(self)
+
+    @property
+    def hf_norm_class(self) -> str:
+        norms = [c for c in self.block.components if isinstance(c.spec, Norm)]
+        return norms[0].hf_class if norms else "LayerNorm"
 
     # -- constructor arguments -----------------------------------------------------------------
     @property
     def custom_scale(self) -> bool:
-        a = self.spec.attention
-        return not math.isclose(a.scale, a.head_dim**-0.5, rel_tol=1e-9)
+        return attention_component.custom_scale(self.attention)
 
     @property
     def attention_extra_fields(self) -> list[str]:
-        fields = []
-        if self.custom_scale:
-            fields.append("attention_scale")
-        if self.spec.attention.qk_norm is not None:
-            fields.append("query_key_norm_epsilon")
-        return fields
+        base = {"num_query_heads", "num_key_value_heads", "head_dim"}
+        return [a.name for a in attention_component.args(self.attention) if a.name not in base]
+
+    @property
+    def rope_args(self) -> list[Arg]:
+        return rope_component.args(self.rope) if self.rope else []
 
     @property
     def rope_fields(self) -> list[str]:
-        rope = self.spec.rope
-        if rope is None:
-            return []
-        fields = ["rope_max_wavelength", "rope_rotary_dim"]
-        if rope.scaling != "none":
-            fields.append("rope_scaling_factor")
-        if rope.scaling == "llama3":
-            fields += [
-                "rope_low_freq_factor",
-                "rope_high_freq_factor",
-                "rope_original_max_position_embeddings",
-            ]
-        return fields
+        return [a.name for a in self.rope_args]
 
     @property
     def rotary_fields(self) -> list[str]:
-        return [ROPE_ARGS[f] for f in self.rope_fields]
+        return [rope_component.layer_arg(f) for f in self.rope_fields]
+
+    def rope_arg(self, field: str) -> str:
+        return rope_component.layer_arg(field)
 
     @property
-    def rope_arg_names(self) -> dict[str, str]:
-        return ROPE_ARGS
+    def sliding_window(self) -> int | None:
+        windows = {o.sliding_window for o in self.ir.layer_options}
+        if len(windows) > 1:
+            raise UnsupportedModelError("per-layer sliding windows are not emitted yet")
+        return windows.pop()
 
-    @property
-    def block_extra_fields(self) -> list[str]:
-        fields = self.attention_extra_fields + self.rope_fields
-        if self.spec.attention.sliding_window:
-            fields.append("sliding_window")
-        return fields
+    @cached_property
+    def block_args(self) -> list[Arg]:
+        """Arguments of the block class, in order: sizes, then each component's settings."""
+        groups: list[list[Arg]] = [
+            [Arg("hidden_dim", self.ir.stem.hidden_dim, "int. Width of the hidden states.")],
+            mlp_component.args(self.mlp),
+            attention_component.args(self.attention),
+        ]
+        groups += [norm_component.args(n) for n in self.norms]
+        groups.append(self.rope_args)
+        if self.sliding_window:
+            groups.append(
+                [
+                    Arg(
+                        "sliding_window",
+                        self.sliding_window,
+                        "int. Tokens each position attends to, itself included.",
+                    )
+                ]
+            )
+        return merge_args(groups)
 
     @property
     def block_fields(self) -> list[str]:
-        return [f for f in BASE_FIELDS if f not in ("vocabulary_size", "num_layers")] + (
-            self.block_extra_fields
+        return [a.name for a in self.block_args]
+
+    @property
+    def block_extra_fields(self) -> list[str]:
+        """Block arguments the backbone passes through by name (all but the sizes it names)."""
+        return [f for f in self.block_fields if f != "hidden_dim"]
+
+    @cached_property
+    def backbone_args(self) -> list[Arg]:
+        stem, head = self.ir.stem, self.ir.head
+        args = [
+            Arg("vocabulary_size", stem.vocab_size, "int. Size of the token vocabulary."),
+            Arg("num_layers", self.ir.num_layers, "int. Number of decoder blocks."),
+            *self.block_args,
+        ]
+        if stem.positions is Positions.LEARNED:
+            args.append(
+                Arg(
+                    "max_sequence_length",
+                    stem.max_positions - stem.position_offset,
+                    "int. Rows of the learned position embedding.",
+                )
+            )
+        if stem.embedding_scale:
+            args.append(
+                Arg(
+                    "embedding_scale",
+                    stem.embedding_scale,
+                    "float. Multiplies the token embeddings.",
+                )
+            )
+        args.append(
+            Arg(
+                "tie_word_embeddings",
+                head.tied,
+                "bool. Whether the language-model head reuses the token embedding matrix.",
+            )
         )
-
-    @property
-    def extra_backbone_fields(self) -> list[str]:
-        fields = list(self.block_extra_fields)
-        if self.spec.embedding.position == "learned":
-            fields.append("max_sequence_length")
-        if self.spec.embedding.scale:
-            fields.append("embedding_scale")
-        return fields
-
-    @property
-    def extra_backbone_docs(self) -> list[tuple[str, str]]:
-        return [(f, DOCS[f]) for f in self.extra_backbone_fields]
+        return args
 
     @property
     def backbone_fields(self) -> list[str]:
-        return BASE_FIELDS + self.extra_backbone_fields
+        return [a.name for a in self.backbone_args]
 
     @property
     def backbone_config(self) -> dict[str, Any]:
-        """The constructor arguments of this checkpoint's backbone, from the spec."""
-        s, a, r = self.spec, self.spec.attention, self.spec.rope
-        values: dict[str, Any] = {
-            "vocabulary_size": s.embedding.vocab_size,
-            "num_layers": s.num_layers,
-            "num_query_heads": a.num_query_heads,
-            "num_key_value_heads": a.num_key_value_heads,
-            "hidden_dim": s.embedding.hidden_dim,
-            "intermediate_dim": s.mlp.intermediate_dim,
-            "head_dim": a.head_dim,
-            "layer_norm_epsilon": s.norm.epsilon,
-            "attention_scale": a.scale,
-            "query_key_norm_epsilon": a.qk_norm.epsilon if a.qk_norm else None,
-            "sliding_window": a.sliding_window,
-            "max_sequence_length": s.embedding.max_positions,
-            "embedding_scale": s.embedding.scale,
-        }
-        if r is not None:
-            values.update(
-                {
-                    "rope_max_wavelength": r.theta,
-                    "rope_rotary_dim": r.rotary_dim,
-                    "rope_scaling_factor": r.factor,
-                    "rope_low_freq_factor": r.low_freq_factor,
-                    "rope_high_freq_factor": r.high_freq_factor,
-                    "rope_original_max_position_embeddings": r.original_max_position_embeddings,
-                }
-            )
-        return {f: values[f] for f in self.backbone_fields}
+        """The constructor arguments of this checkpoint's backbone."""
+        return {a.name: a.value for a in self.backbone_args}
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest sequence the model's learned positions cover (None: no limit)."""
+        stem = self.ir.stem
+        return stem.max_positions - stem.position_offset if stem.max_positions else None
+
+    @property
+    def embed_args(self) -> str:
+        """Arguments of `backbone.embed()` in a cached forward pass."""
+        if self.ir.stem.positions is Positions.LEARNED:
+            return "token_ids, start_index=cache_update_index"
+        return "token_ids"
+
+    @property
+    def head_bias(self) -> bool:
+        return self.ir.head.bias
 
     def activation_expr(self, x: str) -> str:
-        return ACTIVATIONS[self.spec.mlp.activation].format(x=x)
+        return mlp_component.expression(self.mlp, x)
 
     @property
     def tokenizer_config(self) -> dict[str, Any]:
@@ -198,8 +244,10 @@ class Context:
 
     @property
     def preset_description(self) -> str:
-        s = self.spec
-        return f"{s.num_layers}-layer decoder ported from {s.source} ({s.hf_model_class}) by hf2kh."
+        ir = self.ir
+        return (
+            f"{ir.num_layers}-layer decoder ported from {ir.source} ({ir.hf_model_class}) by hf2kh."
+        )
 
     @property
     def small_backbone_config(self) -> dict[str, Any]:
@@ -218,7 +266,7 @@ class Context:
             head_dim=head_dim,
         )
         if "rope_rotary_dim" in config:
-            fraction = self.spec.rope.rotary_dim / self.spec.attention.head_dim
+            fraction = self.rope.rotary_dim / self.attention.head_dim
             config["rope_rotary_dim"] = max(2, int(head_dim * fraction) // 2 * 2)
         if "attention_scale" in config:
             config["attention_scale"] = head_dim**-0.5 * 0.5

@@ -47,7 +47,7 @@ def package_files(ctx: Context) -> dict[str, str]:
     }
     if ctx.needs_layernorm_file:
         files[f"{p}_layernorm.py"] = "layernorm.py.jinja"
-    if ctx.spec.rope is not None:
+    if ctx.rope is not None:
         files[f"{p}_rotary_embedding.py"] = "rotary_embedding.py.jinja"
     return files
 
@@ -57,14 +57,13 @@ def render_package(
 ) -> list[Path]:
     """Write the package's Python files into `directory`; returns the paths written."""
     env = environment()
-    spec = ctx.spec
     variables = {
-        "spec": spec,
+        "spec": ctx.ir,
         "ctx": ctx,
-        "embedding": spec.embedding,
-        "attention": spec.attention,
-        "mlp": spec.mlp,
-        "rope": spec.rope,
+        "stem": ctx.ir.stem,
+        "head": ctx.ir.head,
+        "attention": ctx.attention,
+        "rope": ctx.rope,
         "tokenizer": ctx.tokenizer,
     }
     written = []
@@ -97,7 +96,7 @@ def format_and_lint(directory: Path) -> None:
     E501 is left out of the check: the formatter keeps code within 100 columns, and what it cannot
     wrap is a long literal such as the checkpoint path in the header.
     """
-    isolated = ["--isolated", *RUFF_SETTINGS]
+    isolated = ["--isolated", "--no-cache", *RUFF_SETTINGS]
     ruff = _ruff()
     subprocess.run(
         [*ruff, "check", "--fix", "--select", "I", *isolated, "-q", str(directory)],

@@ -1,8 +1,9 @@
 """The weight-mapping table: one row per (HF tensor, Keras variable) pair, and its audit.
 
-Roles come from the recognizer (`ModelSpec.weights`); this module knows where each role lives in
-the generated package (the layer names the templates use) and how a HF tensor becomes that
-Keras variable (a short list of numpy ops: transpose, reshape, split).
+Rows come from the model IR: each component's own module (`hf2kh.components`) says which HF
+tensors it reads, which Keras variables of its layers they fill and how (a short list of numpy ops:
+transpose, reshape, split, take, slice); this module expands them over the layers and audits the
+result.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hf2kh.errors import WeightAuditError
-from hf2kh.recognize.spec import ModelSpec
+from hf2kh.ir import Attention, Mlp, ModelIR, Norm
 
 TABLE_VERSION = 1
 
@@ -53,117 +54,71 @@ def _row_json(row: WeightRow) -> dict:
     return data
 
 
-def _norm_variable(spec: ModelSpec) -> tuple[str, str]:
-    return ("scale", "") if spec.norm.kind == "rms" else ("gamma", "beta")
+def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTable:
+    """Every Keras variable of the generated backbone and the HF tensor it is filled from: the
+    stem's, each component's of each layer (rows made by the component's own module), the
+    head's."""
+    from hf2kh.components import attention, mlp, norm
 
-
-def keras_paths(spec: ModelSpec) -> dict[str, str]:
-    """Role -> Keras variable path (blocks use `{i}`), matching the templates' layer names."""
-    gamma, beta = _norm_variable(spec)
-    block = "transformer_layer_{i}"
-    attn = f"{block}/self_attention"
-    paths = {
-        "embed": "token_embedding/embeddings",
-        "lm_head": "token_embedding/reverse_embeddings",
-        "pos_embed": "position_embedding/embeddings",
-        "final_norm.gamma": f"sequence_output_layernorm/{gamma}",
-        "final_norm.beta": f"sequence_output_layernorm/{beta}",
-        "attn_norm.gamma": f"{block}/self_attention_layernorm/{gamma}",
-        "attn_norm.beta": f"{block}/self_attention_layernorm/{beta}",
-        "mlp_norm.gamma": f"{block}/feedforward_layernorm/{gamma}",
-        "mlp_norm.beta": f"{block}/feedforward_layernorm/{beta}",
-        "q_norm.gamma": f"{attn}/query_norm/scale",
-        "k_norm.gamma": f"{attn}/key_norm/scale",
-        "out.kernel": f"{attn}/attention_output/kernel",
-        "out.bias": f"{attn}/attention_output/bias",
-        "gate.kernel": f"{block}/feedforward_gate_dense/kernel",
-        "gate.bias": f"{block}/feedforward_gate_dense/bias",
-        "up.kernel": f"{block}/feedforward_intermediate_dense/kernel",
-        "up.bias": f"{block}/feedforward_intermediate_dense/bias",
-        "down.kernel": f"{block}/feedforward_output_dense/kernel",
-        "down.bias": f"{block}/feedforward_output_dense/bias",
-    }
-    for name in ("query", "key", "value"):
-        paths[f"{name}.kernel"] = f"{attn}/{name}/kernel"
-        paths[f"{name}.bias"] = f"{attn}/{name}/bias"
-    return paths
-
-
-def _head_shapes(spec: ModelSpec) -> dict[str, int]:
-    a = spec.attention
-    return {
-        "query": a.num_query_heads,
-        "key": a.num_key_value_heads,
-        "value": a.num_key_value_heads,
-    }
-
-
-def _transform(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
-    """(ops, keras shape) turning a HF tensor of `shape` into the role's Keras variable."""
-    a = spec.attention
-    hidden = spec.embedding.hidden_dim
-    ops: list[dict] = []
-    target = role.split(".")[0]
-    if layout == "linear" and role != "embed":
-        ops.append({"op": "transpose"})
-        shape = shape[::-1]
-    if role.endswith(".kernel") and target in ("query", "key", "value"):
-        heads = _head_shapes(spec)[target]
-        shape = (hidden, heads, a.head_dim)
-        ops.append({"op": "reshape", "shape": list(shape)})
-    elif role.endswith(".bias") and target in ("query", "key", "value"):
-        shape = (_head_shapes(spec)[target], a.head_dim)
-        ops.append({"op": "reshape", "shape": list(shape)})
-    elif role == "out.kernel":
-        shape = (a.num_query_heads, a.head_dim, hidden)
-        ops.append({"op": "reshape", "shape": list(shape)})
-    return ops, tuple(shape)
-
-
-def _parts(spec: ModelSpec, role: str, layout: str, shape: tuple[int, ...]):
-    """(Keras role, split ops, shape of the part) for each Keras variable one HF tensor fills:
-    itself, or the query/key/value parts of a fused projection."""
-    if not role.startswith("qkv."):
-        return [(role, (), shape)]
-    a = spec.attention
-    sizes = [a.num_query_heads * a.head_dim] + [a.num_key_value_heads * a.head_dim] * 2
-    axis = 0 if layout == "linear" else -1  # Linear stores (out, in), Conv1D and biases (..., out)
-    if a.fused_layout == "per_head" and axis != 0 and len(shape) > 1:
-        raise ValueError("a per-head fused projection is only known as a Linear layer")
-    parts = []
-    for index, name in enumerate(("query", "key", "value")):
-        part_shape = list(shape)
-        part_shape[axis] = sizes[index]
-        if a.fused_layout == "per_head":
-            # Rows are [q_h | k_h | v_h] per head: view (heads, 3, head_dim, ...), take one part.
-            rest = list(shape[1:])
-            ops = (
-                {"op": "reshape", "shape": [a.num_query_heads, 3, a.head_dim, *rest]},
-                {"op": "take", "axis": 1, "index": index},
-                {"op": "reshape", "shape": [sizes[index], *rest]},
+    stem, head = ir.stem, ir.head
+    rows = [_row(f"{stem.hf_embedding}.weight", hf_shapes, "token_embedding/embeddings")]
+    if stem.hf_positions is not None:
+        name = f"{stem.hf_positions}.weight"
+        shape = tuple(hf_shapes[name])
+        keep = (shape[0] - stem.position_offset, *shape[1:])
+        ops = ({"op": "slice", "axis": 0, "start": stem.position_offset},)
+        rows.append(
+            WeightRow(
+                name,
+                shape,
+                "position_embedding/embeddings",
+                keep,
+                ops if stem.position_offset else (),
             )
-        else:
-            ops = ({"op": "split", "axis": axis, "sizes": sizes, "index": index},)
-        parts.append((f"{name}.{role.split('.')[1]}", ops, tuple(part_shape)))
-    return parts
+        )
+    for i in range(ir.num_layers):
+        block = ir.block_type(i)
+        prefix = ir.block_path(i)
 
+        def hf(rel: str, prefix: str = prefix) -> str:
+            return f"{prefix}.{rel}"
 
-def build_table(spec: ModelSpec, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTable:
-    """Expand the spec's roles over the blocks into rows (fused qkv split into three rows)."""
-    paths = keras_paths(spec)
-    rows: list[WeightRow] = []
-    for role, ref in spec.weights.items():
-        if role == "block":
-            continue
-        layers = range(spec.num_layers) if "{i}" in ref.hf_name else [None]
-        for i in layers:
-            hf_name = ref.hf_name.format(i=i) if i is not None else ref.hf_name
-            shape = tuple(hf_shapes[hf_name])
-            for part_role, split, part_shape in _parts(spec, role, ref.layout, shape):
-                ops, keras_shape = _transform(spec, part_role, ref.layout, part_shape)
-                keras_path = paths[part_role].format(i=i)
-                rows.append(WeightRow(hf_name, shape, keras_path, keras_shape, (*split, *ops)))
+        for component in block.components:
+            keras = f"transformer_layer_{i}/{component.name}"
+            weights = dict(component.weights)
+            spec = component.spec
+            if isinstance(spec, Norm):
+                rows += norm.weight_rows(spec, hf(weights["norm"]), keras, hf_shapes)
+            elif isinstance(spec, Attention):
+                rows += attention.weight_rows(
+                    spec, weights, hf, keras, hf_shapes, ir.stem.hidden_dim
+                )
+            elif isinstance(spec, Mlp):
+                rows += mlp.weight_rows(spec, weights, hf, f"transformer_layer_{i}", hf_shapes)
+    if head.final_norm is not None:
+        rows += norm.weight_rows(
+            head.final_norm, head.hf_final_norm, "sequence_output_layernorm", hf_shapes
+        )
+    if not head.tied:
+        name = f"{head.hf_head}.weight"
+        shape = tuple(hf_shapes[name])
+        rows.append(
+            WeightRow(
+                name,
+                shape,
+                "token_embedding/reverse_embeddings",
+                shape[::-1],
+                ({"op": "transpose"},),
+            )
+        )
+    if head.bias:
+        rows.append(_row(f"{head.hf_head}.bias", hf_shapes, "lm_head_bias/bias"))
     return WeightTable(rows)
+
+
+def _row(hf_name: str, hf_shapes, keras_path: str) -> WeightRow:
+    shape = tuple(hf_shapes[hf_name])
+    return WeightRow(hf_name, shape, keras_path, shape, ())
 
 
 def rename_tensors(

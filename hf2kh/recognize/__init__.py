@@ -1,6 +1,5 @@
-"""recognize: turn a layer graph into a model spec, by evidence (see `decoder.py`)."""
+"""recognize: turn a layer graph into the model IR, by evidence (see `model.py`, `block.py`)."""
 
-from hf2kh.recognize.decoder import recognize_decoder
-from hf2kh.recognize.spec import ModelSpec
+from hf2kh.recognize.model import recognize_model
 
-__all__ = ["ModelSpec", "recognize_decoder"]
+__all__ = ["recognize_model"]

@@ -1,0 +1,318 @@
+"""Self-attention: q/k/v projections (separate or fused, blocked or per head), GQA/MQA, biases,
+q/k norms, rope, the score scale.
+
+Recognized from the recorded dataflow of eager attention: the score matmul's operands are the
+query and the key, the mixing matmul's second operand is the value; a projection is q, k or v by
+which operand it feeds, the output projection is the one reading the mix. Head counts come from
+shapes, the scale from the module's `scaling`, q/k norms from the norm children feeding q and k.
+Emitted as the package's attention layer (`<name>_attention.py`) with a key/value cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hf2kh.components import norm as norm_component
+from hf2kh.components.base import Arg, explain_ops
+from hf2kh.errors import UnsupportedModelError
+from hf2kh.generate.weight_map import WeightRow
+from hf2kh.inspect.dataflow import PASSTHROUGH
+from hf2kh.ir import Attention, QkvLayout, WeightLayout
+from hf2kh.recognize import probes
+from hf2kh.recognize.graph_view import GraphView
+
+# What eager attention and the rotary code inside it may call, besides its child modules.
+OPS = PASSTHROUGH | {
+    "matmul",
+    "softmax",
+    "add",
+    "mul",
+    "neg",
+    "cat",
+    "__getitem__",
+    "size",
+    "getitem",
+    "tensor",
+    "type",
+}
+
+# Keras layer names inside the attention layer, by role.
+LAYERS = {
+    "query": "query",
+    "key": "key",
+    "value": "value",
+    "output": "attention_output",
+    "query_norm": "query_norm",
+    "key_norm": "key_norm",
+}
+
+
+def is_attention(G: GraphView, path: str) -> bool:
+    return any(c.target == "softmax" for c in G.calls_within(path))
+
+
+def _projection(G: GraphView, path: str, width: int) -> tuple[WeightLayout, bool]:
+    layout, bias = probes.probe_projection(G.submodule(path), width)
+    return WeightLayout(layout), bias
+
+
+def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str]):
+    """(Attention, weights: role -> HF module path) of the attention module `attn`."""
+    calls = G.calls_within(attn)
+    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
+    if len(matmuls) < 2:
+        raise UnsupportedModelError(f"{attn}: expected the two matmuls of eager attention")
+    scores, mixes = matmuls[0], matmuls[-1]
+    q_val, k_val = scores.inputs[-2], scores.inputs[-1]
+    v_val = mixes.inputs[-1]
+    node = G.g.module(attn)
+    projections = [c for c in node.children if G.is_projection(c)]
+
+    def feeds(p: str, v: int) -> bool:
+        return G.derives(v, G.out(p))
+
+    q = [p for p in projections if feeds(p, q_val)]
+    k = [p for p in projections if feeds(p, k_val)]
+    v = [p for p in projections if feeds(p, v_val)]
+    o = [p for p in projections if G.derives(G.inp(p), mixes.outputs[0])]
+    if len(o) != 1:
+        raise UnsupportedModelError(f"{attn}: cannot tell the output projection ({o})")
+    weights: dict[str, str] = {}
+    if len(q) == 1 and q == k == v:
+        qkv_layout, widths, qkv_weight_layout, bias = _fused(G, attn, calls, q[0], hidden_dim)
+        q_bias = k_bias = v_bias = bias
+        weights["qkv"] = q[0]
+        q_out, k_out = widths[0], widths[1]
+        evidence.append(
+            f"attention: fused qkv projection {q[0]} ({qkv_weight_layout.value}, "
+            f"{qkv_layout.value} layout), q/k/v widths {widths}"
+        )
+    else:
+        if not (len(q) == len(k) == len(v) == 1) or len({q[0], k[0], v[0]}) != 3:
+            raise UnsupportedModelError(f"{attn}: cannot tell q/k/v projections ({q}, {k}, {v})")
+        biases = []
+        for role, p in (("query", q[0]), ("key", k[0]), ("value", v[0])):
+            layout, bias = _projection(G, p, hidden_dim)
+            if layout is not WeightLayout.LINEAR:
+                raise UnsupportedModelError(f"{p}: only Linear q/k/v are supported when unfused")
+            weights[role] = p
+            biases.append(bias)
+        q_bias, k_bias, v_bias = biases
+        qkv_layout, qkv_weight_layout = QkvLayout.SEPARATE, WeightLayout.LINEAR
+        q_out = G.own_params(q[0])["weight"][0]
+        k_out = G.own_params(k[0])["weight"][0]
+        evidence.append(
+            f"attention: q/k/v from {q[0]}, {k[0]}, {v[0]} (feed the score/mix matmuls)"
+        )
+    # The query operand of the score matmul is (batch, heads, length, head_dim).
+    head_dim = G.g.value(q_val).shape[-1]
+    q_heads, k_heads = q_out // head_dim, k_out // head_dim
+    o_layout, o_bias = _projection(G, o[0], q_out)
+    weights["output"] = o[0]
+    scale = node.attributes.get("scaling")
+    if scale is None:
+        raise UnsupportedModelError(f"{attn}: no attention scaling setting found")
+    qk_norm = None
+    norm_children = [c for c in node.children if G.is_norm(c)]
+    if norm_children:
+        q_norms = [c for c in norm_children if feeds(c, q_val)]
+        k_norms = [c for c in norm_children if feeds(c, k_val)]
+        if len(q_norms) != 1 or len(k_norms) != 1 or len(norm_children) != 2:
+            raise UnsupportedModelError(f"{attn}: unrecognized norms {norm_children}")
+        qk_norm = norm_component.recognize(G, q_norms[0], head_dim)
+        if norm_component.recognize(G, k_norms[0], head_dim) != qk_norm:
+            raise UnsupportedModelError(f"{attn}: q and k norms differ")
+        weights["query_norm"], weights["key_norm"] = q_norms[0], k_norms[0]
+        evidence.append(f"q/k norm per head: {norm_component.describe(qk_norm)}")
+    # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
+    own = [c for c in calls if not any(_within(c.scope, child) for child in node.children)]
+    explain_ops(attn, own, OPS)
+    spec = Attention(
+        num_query_heads=q_heads,
+        num_key_value_heads=k_heads,
+        head_dim=head_dim,
+        query_bias=q_bias,
+        key_bias=k_bias,
+        value_bias=v_bias,
+        output_bias=o_bias,
+        scale=float(scale),
+        qkv_layout=qkv_layout,
+        qkv_weight_layout=qkv_weight_layout,
+        output_weight_layout=o_layout,
+        rope=rope,
+        qk_norm=qk_norm,
+    )
+    evidence.append(
+        f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
+        f"scale {float(scale):.6g}"
+    )
+    return spec, {role: path for role, path in weights.items()}
+
+
+def _within(scope: str, path: str) -> bool:
+    return scope == path or scope.startswith(f"{path}.")
+
+
+def _fused(G: GraphView, attn: str, calls, fused: str, hidden_dim: int):
+    layout, bias = _projection(G, fused, hidden_dim)
+    split = next(
+        (
+            c
+            for c in calls
+            if c.target in ("split", "chunk")
+            and len(c.outputs) == 3
+            and G.derives(c.inputs[0], G.out(fused))
+        ),
+        None,
+    )
+    if split is None:
+        raise UnsupportedModelError(
+            f"{attn}: the fused projection {fused} is not split into q, k, v"
+        )
+    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
+    operands = (matmuls[0].inputs[-2], matmuls[0].inputs[-1], matmuls[-1].inputs[-1])
+    if not all(
+        G.derives(operand, part) for part, operand in zip(split.outputs, operands, strict=True)
+    ):
+        raise UnsupportedModelError(f"{attn}: fused projection is not split in q, k, v order")
+    widths = [G.g.value(x).shape[-1] for x in split.outputs]
+    split_input = G.g.value(split.inputs[0]).shape
+    total = G.g.value(G.out(fused)).shape[-1]
+    # Split on the projection's own output: [q | k | v] blocks. Split on a per-head view of it
+    # (heads, 3 * head_dim): each head's rows are [q_h | k_h | v_h].
+    qkv_layout = QkvLayout.BLOCKED if split_input[-1] == total else QkvLayout.PER_HEAD
+    if qkv_layout is QkvLayout.PER_HEAD:
+        if len(set(widths)) != 1:
+            raise UnsupportedModelError(f"{attn}: per-head fused q/k/v of unequal widths")
+        heads = total // sum(widths)
+        widths = [w * heads for w in widths]
+    return qkv_layout, widths, layout, bias
+
+
+def custom_scale(a: Attention) -> bool:
+    return not math.isclose(a.scale, a.head_dim**-0.5, rel_tol=1e-9)
+
+
+def args(a: Attention) -> list[Arg]:
+    found = [
+        Arg("num_query_heads", a.num_query_heads, "int. Attention query heads."),
+        Arg(
+            "num_key_value_heads",
+            a.num_key_value_heads,
+            "int. Key/value heads (grouped-query attention when fewer).",
+        ),
+        Arg("head_dim", a.head_dim, "int. Width of one attention head."),
+    ]
+    if custom_scale(a):
+        found.append(
+            Arg(
+                "attention_scale",
+                a.scale,
+                "float. Multiplies the attention scores (not head_dim**-0.5 here).",
+            )
+        )
+    if a.qk_norm is not None:
+        found.append(
+            Arg(
+                "query_key_norm_epsilon",
+                a.qk_norm.epsilon,
+                "float. Epsilon of the per-head query/key norms.",
+            )
+        )
+    return found
+
+
+# -- weight rows ---------------------------------------------------------------------------------
+
+
+def _head_counts(a: Attention) -> dict[str, int]:
+    return {
+        "query": a.num_query_heads,
+        "key": a.num_key_value_heads,
+        "value": a.num_key_value_heads,
+    }
+
+
+def _to_heads(a: Attention, role: str, param: str, shape: tuple[int, ...], hidden: int):
+    """Ops and Keras shape for a q/k/v part already in (in, out) / (out,) orientation."""
+    heads = _head_counts(a)[role]
+    keras_shape = (hidden, heads, a.head_dim) if param == "kernel" else (heads, a.head_dim)
+    return ({"op": "reshape", "shape": list(keras_shape)},), keras_shape
+
+
+def weight_rows(a: Attention, weights: dict[str, str], hf, keras, shapes, hidden: int):
+    """Rows for one block's attention. `hf(path)` gives a block-relative HF module's full name,
+    `keras` the attention layer's variable path prefix."""
+    rows: list[WeightRow] = []
+    if a.qkv_layout is QkvLayout.SEPARATE:
+        for role in ("query", "key", "value"):
+            rows += _projection_rows(a, role, hf(weights[role]), keras, shapes, hidden, None)
+    else:
+        for index, role in enumerate(("query", "key", "value")):
+            rows += _projection_rows(a, role, hf(weights["qkv"]), keras, shapes, hidden, index)
+    name = hf(weights["output"])
+    shape = tuple(shapes[f"{name}.weight"])
+    ops = ({"op": "transpose"},) if a.output_weight_layout is WeightLayout.LINEAR else ()
+    out_shape = (a.num_query_heads, a.head_dim, hidden)
+    rows.append(
+        WeightRow(
+            f"{name}.weight",
+            shape,
+            f"{keras}/{LAYERS['output']}/kernel",
+            out_shape,
+            (*ops, {"op": "reshape", "shape": list(out_shape)}),
+        )
+    )
+    if a.output_bias:
+        bias_shape = tuple(shapes[f"{name}.bias"])
+        rows.append(
+            WeightRow(
+                f"{name}.bias", bias_shape, f"{keras}/{LAYERS['output']}/bias", bias_shape, ()
+            )
+        )
+    if a.qk_norm is not None:
+        for role in ("query_norm", "key_norm"):
+            rows += norm_component.weight_rows(
+                a.qk_norm, hf(weights[role]), f"{keras}/{LAYERS[role]}", shapes
+            )
+    return rows
+
+
+def _projection_rows(a: Attention, role, name, keras, shapes, hidden, part):
+    rows = []
+    biased = {"query": a.query_bias, "key": a.key_bias, "value": a.value_bias}[role]
+    for param, hf_param in (("kernel", "weight"), ("bias", "bias")):
+        if param == "bias" and not biased:
+            continue
+        full = f"{name}.{hf_param}"
+        shape = tuple(shapes[full])
+        split = _part_ops(a, part, shape, param) if part is not None else ()
+        transpose = param == "kernel" and a.qkv_weight_layout is WeightLayout.LINEAR
+        ops, keras_shape = _to_heads(a, role, param, shape, hidden)
+        rows.append(
+            WeightRow(
+                full,
+                shape,
+                f"{keras}/{LAYERS[role]}/{param}",
+                keras_shape,
+                (*split, *(({"op": "transpose"},) if transpose else ()), *ops),
+            )
+        )
+    return rows
+
+
+def _part_ops(a: Attention, index: int, shape: tuple[int, ...], param: str) -> tuple[dict, ...]:
+    """Ops taking part `index` (q, k, v) of a fused projection's tensor."""
+    sizes = [a.num_query_heads * a.head_dim] + [a.num_key_value_heads * a.head_dim] * 2
+    linear = a.qkv_weight_layout is WeightLayout.LINEAR
+    axis = 0 if linear else -1  # Linear stores (out, in), Conv1D (in, out); biases are 1-D
+    if a.qkv_layout is QkvLayout.PER_HEAD:
+        if param == "kernel" and not linear:
+            raise UnsupportedModelError("a per-head fused projection is only known as a Linear")
+        rest = list(shape[1:])
+        return (
+            {"op": "reshape", "shape": [a.num_query_heads, 3, a.head_dim, *rest]},
+            {"op": "take", "axis": 1, "index": index},
+            {"op": "reshape", "shape": [sizes[index], *rest]},
+        )
+    return ({"op": "split", "axis": axis, "sizes": sizes, "index": index},)

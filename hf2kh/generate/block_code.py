@@ -1,0 +1,133 @@
+"""The decoder block's code, printed from its steps (`torch.fx`'s `Graph.python_code` in small).
+
+Each component contributes the lines that build its layers; each step becomes one statement of
+`call()`: `h = self.self_attention_layernorm(x)`, `x = x + attention`, ... The block template
+only places these lines.
+"""
+
+from __future__ import annotations
+
+from hf2kh.components import mlp as mlp_component
+from hf2kh.ir import Add, Attention, Let, Mlp, Norm
+
+SHAPE = "decoder_sequence_shape"
+
+
+class BlockCode:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.block = ctx.block
+
+    # -- build() -------------------------------------------------------------------------------
+    @property
+    def build_lines(self) -> list[str]:
+        lines: list[str] = []
+        for component in self.block.components:
+            spec = component.spec
+            if isinstance(spec, Norm):
+                layer = self.ctx.norm_layer(
+                    spec, "self.layer_norm_epsilon", component.name, "self.dtype_policy"
+                )
+                lines += [
+                    f"self.{component.name} = {layer}",
+                    f"self.{component.name}.build({SHAPE})",
+                ]
+            elif isinstance(spec, Attention):
+                lines += self._attention_build(component.name)
+            elif isinstance(spec, Mlp):
+                lines += self._mlp_build(spec)
+        return lines
+
+    def _attention_build(self, name: str) -> list[str]:
+        ctx = self.ctx
+        args = ["num_query_heads", "num_key_value_heads", "head_dim", *ctx.attention_extra_fields]
+        lines = [f"self.{name} = {ctx.prefix}Attention("]
+        lines += [f"    {a}=self.{a}," for a in args]
+        if ctx.rope is not None:
+            lines.append(f"    rotary_embedding={ctx.prefix}RotaryEmbedding(")
+            lines += [f"        {ctx.rope_arg(f)}=self.{f}," for f in ctx.rope_fields]
+            lines += ["        dtype=self.dtype_policy,", "    ),"]
+        lines += [
+            "    kernel_initializer=self.kernel_initializer,",
+            "    dtype=self.dtype_policy,",
+            f'    name="{name}",',
+            ")",
+            f"self.{name}.build({SHAPE})",
+        ]
+        return lines
+
+    def _mlp_build(self, mlp: Mlp) -> list[str]:
+        layers = mlp_component.LAYERS
+        lines = []
+        if mlp.gated:
+            lines += [
+                f'self.{layers["gate"]} = self._dense(self.intermediate_dim, "{layers["gate"]}")',
+                f"self.{layers['gate']}.build({SHAPE})",
+            ]
+        lines += [
+            f'self.{layers["up"]} = self._dense(self.intermediate_dim, "{layers["up"]}")',
+            f"self.{layers['up']}.build({SHAPE})",
+            f'self.{layers["down"]} = self._dense(self.hidden_dim, "{layers["down"]}")',
+            f"self.{layers['down']}.build((None, None, self.intermediate_dim))",
+        ]
+        return lines
+
+    # -- call() --------------------------------------------------------------------------------
+    @property
+    def call_lines(self) -> list[str]:
+        lines = []
+        for step in self.block.steps:
+            if isinstance(step, Add):
+                lines.append(f"{step.out} = {step.inputs[0]} + {step.inputs[1]}")
+                continue
+            spec = self.block.component(step.component).spec
+            (source,) = step.inputs
+            if isinstance(spec, Attention):
+                lines += [
+                    f"{step.out} = self.{step.component}(",
+                    f"    {source}, attention_mask=mask, cache=cache, "
+                    "cache_update_index=cache_update_index",
+                    ")",
+                    "if cache is not None:",
+                    f"    {step.out}, cache = {step.out}",
+                ]
+            elif isinstance(spec, Mlp):
+                lines.append(f"{step.out} = self._feedforward({source})")
+            else:
+                lines.append(f"{step.out} = self.{step.component}({source})")
+        return lines
+
+    @property
+    def output(self) -> str:
+        return self.block.output
+
+    @property
+    def feedforward_lines(self) -> list[str]:
+        mlp = self.ctx.mlp
+        layers = mlp_component.LAYERS
+        if mlp.gated:
+            gate = mlp_component.expression(mlp, f"self.{layers['gate']}(x)")
+            return [
+                f"gate = {gate}",
+                f"return self.{layers['down']}(gate * self.{layers['up']}(x))",
+            ]
+        hidden = mlp_component.expression(mlp, f"self.{layers['up']}(x)")
+        return [f"x = {hidden}", f"return self.{layers['down']}(x)"]
+
+    # -- docs ----------------------------------------------------------------------------------
+    @property
+    def step_text(self) -> list[str]:
+        """The steps as one line each, for the block's docstring."""
+        text = []
+        for step in self.block.steps:
+            if isinstance(step, Let):
+                text.append(f"{step.out} = {step.component}({', '.join(step.inputs)})")
+            else:
+                text.append(f"{step.out} = {' + '.join(step.inputs)}")
+        return text
+
+    @property
+    def mlp_text(self) -> str:
+        mlp = self.ctx.mlp
+        act = mlp.activation.value
+        return f"down({act}(gate(x)) * up(x))" if mlp.gated else f"down({act}(up(x)))"

@@ -1,0 +1,215 @@
+"""The model IR: what a checkpoint's model computes, as data.
+
+The contract between recognize and generate (DESIGN.md, "The model IR"). A model is a stem, a few
+block types and a per-layer list of them, and a head. A block is a list of steps in the order the
+model computes them, each `let out = component(inputs)` or `add`, over named values (`x` is the
+block input). Llama and a post-norm OPT differ only in their step lists:
+
+    llama:    h = input_norm(x); a = attention(h); x = x + a; h = mlp_norm(x); m = mlp(h); x = x + m
+    opt-350m: a = attention(x); x = x + a; x = attention_norm(x); m = mlp(x); x = x + m; x = norm(x)
+
+Components (norms, attention, MLPs) are typed frozen dataclasses; their recognizers, emitters and
+weight rows live in `hf2kh.components`, one module per kind.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class NormKind(enum.Enum):
+    RMS = "rms"
+    LAYER = "layer"
+
+
+class Activation(enum.Enum):
+    SILU = "silu"
+    GELU = "gelu"
+    GELU_TANH = "gelu_approximate"
+    RELU = "relu"
+
+
+class WeightLayout(enum.Enum):
+    """How a projection stores its matrix: `Linear` (out, in) or GPT-2's `Conv1D` (in, out)."""
+
+    LINEAR = "linear"
+    CONV1D = "conv1d"
+
+
+class QkvLayout(enum.Enum):
+    """Separate q/k/v projections, or one fused projection and the order of its rows."""
+
+    SEPARATE = "separate"
+    BLOCKED = "blocked"  # [q | k | v]
+    PER_HEAD = "per_head"  # [q_h | k_h | v_h] for each head h
+
+
+class RopeScaling(enum.Enum):
+    NONE = "none"
+    LINEAR = "linear"
+    LLAMA3 = "llama3"
+
+
+class Positions(enum.Enum):
+    NONE = "none"  # rope or ALiBi inside attention
+    LEARNED = "learned"
+
+
+@dataclass(frozen=True)
+class Norm:
+    kind: NormKind
+    epsilon: float
+    scale_offset: float = 0.0  # 1.0 for the Gemma form `x * (1 + w)`
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class Rope:
+    theta: float
+    rotary_dim: int  # == head_dim unless partial rotary
+    scaling: RopeScaling = RopeScaling.NONE
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class Attention:
+    num_query_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    query_bias: bool
+    key_bias: bool
+    value_bias: bool
+    output_bias: bool
+    scale: float
+    qkv_layout: QkvLayout = QkvLayout.SEPARATE
+    qkv_weight_layout: WeightLayout = WeightLayout.LINEAR
+    output_weight_layout: WeightLayout = WeightLayout.LINEAR
+    rope: Rope | None = None
+    qk_norm: Norm | None = None
+    causal: bool = True
+
+
+@dataclass(frozen=True)
+class Mlp:
+    gated: bool
+    activation: Activation
+    intermediate_dim: int
+    bias: bool
+    weight_layout: WeightLayout = WeightLayout.LINEAR
+
+
+ComponentSpec = Norm | Attention | Mlp
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component instance of a block: its Keras layer name, the HF module(s) it replaces
+    (paths relative to the block; an MLP of sibling modules such as `fc1`/`fc2` has several),
+    the HF projections it reads its weights from, by role, and what it computes."""
+
+    name: str
+    hf_paths: tuple[str, ...]
+    hf_class: str
+    spec: ComponentSpec
+    weights: tuple[tuple[str, str], ...] = ()  # (role, HF module path relative to the block)
+
+
+@dataclass(frozen=True)
+class Let:
+    """`out = component(*inputs)`."""
+
+    out: str
+    component: str
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Add:
+    """`out = left + right`."""
+
+    out: str
+    inputs: tuple[str, str]
+
+
+Step = Let | Add
+
+
+@dataclass(frozen=True)
+class BlockType:
+    hf_class: str
+    components: tuple[Component, ...]
+    steps: tuple[Step, ...]
+    output: str = "x"
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    @property
+    def attention(self) -> Attention:
+        return next(c.spec for c in self.components if isinstance(c.spec, Attention))
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """Settings that may differ between layers of one block type (GPT-Neo local/global)."""
+
+    sliding_window: int | None = None
+
+
+@dataclass(frozen=True)
+class Stem:
+    vocab_size: int
+    hidden_dim: int
+    hf_embedding: str
+    positions: Positions = Positions.NONE
+    hf_positions: str | None = None
+    max_positions: int | None = None
+    position_offset: int = 0  # rows skipped at the start of the table (OPT: 2)
+    embedding_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    hf_head: str
+    tied: bool
+    bias: bool = False
+    final_norm: Norm | None = None
+    hf_final_norm: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelIR:
+    name: str  # python package name, e.g. "tiny_llama"
+    class_prefix: str  # e.g. "TinyLlama"
+    source: str
+    revision: str | None
+    hf_model_class: str
+    hf_block_container: str  # "model.layers": block i is f"{container}.{i}"
+    stem: Stem
+    block_types: tuple[BlockType, ...]
+    layers: tuple[int, ...]  # block type of each layer
+    layer_options: tuple[LayerOptions, ...]  # per layer
+    head: Head
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    evidence: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def block_path(self, i: int) -> str:
+        return f"{self.hf_block_container}.{i}"
+
+    def block_type(self, i: int) -> BlockType:
+        return self.block_types[self.layers[i]]
+
+    @property
+    def attention(self) -> Attention:
+        """The attention of the first block (sizes are shared by every block type)."""
+        return self.block_types[0].attention

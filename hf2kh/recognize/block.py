@@ -1,0 +1,316 @@
+"""Read a block's steps from the recorded dataflow: `let out = component(inputs)` and `add`.
+
+Every call the block makes at its own level is accounted for: a child that is a component
+(attention, norm, MLP module), a group of sibling projections with the activation between them
+(an MLP spread over the block, as OPT's `fc1`/`fc2`), a residual `add`, or an op that only moves
+data (view, dropout). Anything else stops the port naming the op: leaving it out would compute
+something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hf2kh.components import attention as attention_component
+from hf2kh.components import mlp as mlp_component
+from hf2kh.components import norm as norm_component
+from hf2kh.components.base import explain_ops
+from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.dataflow import PASSTHROUGH, block_steps, calls_within, first_call
+from hf2kh.inspect.graph import Call
+from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Norm
+from hf2kh.recognize.graph_view import GraphView
+
+ADDS = {"add", "__add__", "add_", "__iadd__", "__radd__"}
+
+
+@dataclass
+class _Draft:
+    """Steps over value ids, before values get names."""
+
+    steps: list[tuple[str, int, str | None, tuple[int, ...]]] = field(default_factory=list)
+    # (kind "let"/"add", output value, component key or None, input values)
+    components: dict[str, tuple[tuple[str, ...], object, dict[str, str], str]] = field(
+        default_factory=dict
+    )  # key -> (hf paths, spec, weights by role, hf class)
+
+
+def recognize_block(G: GraphView, block: str, hidden_dim: int, rope, evidence: list[str]):
+    """The `BlockType` of `block` (a full module path)."""
+    head = first_call(G.g, block)
+    block_in, block_out = head.inputs[0], head.outputs[0]
+    alias: dict[int, int] = {}
+
+    def val(v: int) -> int:
+        while v in alias:
+            v = alias[v]
+        return v
+
+    draft = _Draft()
+    group: list[Call] = []  # an open group of sibling MLP calls
+
+    def close_group() -> None:
+        if group:
+            _sibling_mlp(G, block, group, hidden_dim, draft, val, evidence)
+            group.clear()
+
+    def group_values() -> set[int]:
+        made = {val(o) for c in group for o in c.outputs[:1]}
+        return made | {val(group[0].inputs[0])}
+
+    for step in block_steps(G.g, block, include_passthrough=True):
+        call = step.call
+        rel = step.name
+        if (call.kind == "module" and _is_passthrough_module(G, call.target)) or (
+            call.kind == "function" and call.target in PASSTHROUGH
+        ):
+            if call.inputs and call.outputs and val(call.inputs[0]) != call.outputs[0]:
+                alias[call.outputs[0]] = val(call.inputs[0])
+            continue
+        reads_group = bool(group) and any(val(i) in group_values() for i in call.inputs)
+        if call.kind == "module" and G.is_projection(call.target):
+            if group and not reads_group:
+                close_group()
+            group.append(call)
+            continue
+        if group and reads_group and call.target not in ADDS and not _is_component(G, call):
+            group.append(call)
+            continue
+        close_group()
+        if call.kind == "module":
+            _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence)
+        elif call.target in ADDS and len(call.inputs) == 2:
+            draft.steps.append(("add", call.outputs[0], None, tuple(val(i) for i in call.inputs)))
+        else:
+            raise UnsupportedModelError(
+                f"op `{call.target}` in {block} is not explained by any recognized component; "
+                "porting without it would compute something else"
+            )
+    close_group()
+    return _named(G, block, draft, val(block_in), val(block_out))
+
+
+def _is_passthrough_module(G: GraphView, path: str) -> bool:
+    """A parameterless child that only moves data (dropout at inference, identity)."""
+    if G.subtree_params(path):
+        return False
+    return all(c.target in PASSTHROUGH for c in calls_within(G.g, path) if c.kind == "function")
+
+
+def _is_component(G: GraphView, call: Call) -> bool:
+    return call.kind == "module" and bool(G.subtree_params(call.target))
+
+
+def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence) -> None:
+    path = call.target
+    cls = type(G.submodule(path)).__name__
+    if attention_component.is_attention(G, path):
+        path = _innermost_attention(G, path)
+        spec, weights = attention_component.recognize(G, path, hidden_dim, rope, evidence)
+        kind = "attention"
+    elif G.is_norm(path):
+        spec = norm_component.recognize(G, path, G.g.value(call.inputs[0]).shape[-1])
+        weights, kind = {"norm": path}, "norm"
+    elif G.subtree_params(path):
+        projections = [c for c in G.g.module(path).children if G.is_projection(c)]
+        spec, weights = mlp_component.recognize(
+            G, path, projections, calls_within(G.g, path), call.outputs[0], hidden_dim, evidence
+        )
+        kind = "mlp"
+    else:
+        raise UnsupportedModelError(
+            f"{path} ({cls}) in {block} is not explained by any recognized component"
+        )
+    key = f"{kind}:{rel}"
+    rel_weights = {role: p[len(block) + 1 :] for role, p in weights.items()}
+    draft.components[key] = ((rel,), spec, rel_weights, cls)
+    draft.steps.append(("let", call.outputs[0], key, (val(call.inputs[0]),)))
+
+
+def _innermost_attention(G: GraphView, path: str) -> str:
+    """A wrapper whose only child with parameters is the attention (GPT-Neo's `attn.attention`)
+    is looked through, provided it computes nothing itself."""
+    children = [c for c in G.g.module(path).children if G.subtree_params(c)]
+    if len(children) == 1 and attention_component.is_attention(G, children[0]):
+        own = [c for c in calls_within(G.g, path) if c.scope == path]
+        explain_ops(path, own, PASSTHROUGH)
+        return _innermost_attention(G, children[0])
+    return path
+
+
+def _sibling_mlp(G, block, group: list[Call], hidden_dim, draft, val, evidence) -> None:
+    projections = [c.target for c in group if c.kind == "module" and G.is_projection(c.target)]
+    last = group[-1]
+    if not (last.kind == "module" and G.is_projection(last.target)):
+        raise UnsupportedModelError(
+            f"{block}: `{last.target}` after the projections {projections} is not explained"
+        )
+    nested = [c for g in group if g.kind == "module" for c in calls_within(G.g, g.target)]
+    spec, weights = mlp_component.recognize(
+        G, block, projections, [*group, *nested], last.outputs[0], hidden_dim, evidence
+    )
+    rels = tuple(p[len(block) + 1 :] for p in projections)
+    key = f"mlp:{'+'.join(rels)}"
+    rel_weights = {role: p[len(block) + 1 :] for role, p in weights.items()}
+    draft.components[key] = (rels, spec, rel_weights, "(sibling modules)")
+    draft.steps.append(("let", last.outputs[0], key, (val(group[0].inputs[0]),)))
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def _kind(key: str) -> str:
+    return key.split(":", 1)[0]
+
+
+def _named(G: GraphView, block: str, draft: _Draft, block_in: int, block_out: int) -> BlockType:
+    """Give values readable names (`x` the residual stream, `h` a normalized input, `attention`,
+    `feedforward`) and components their Keras layer names."""
+    steps = draft.steps
+    producer = {out: k for k, (_, out, _, _) in enumerate(steps)}
+    uses: dict[int, list[int]] = {}
+    for k, (_, _, _, inputs) in enumerate(steps):
+        for v in inputs:
+            uses.setdefault(v, []).append(k)
+    uses.setdefault(block_out, []).append(len(steps))
+    if {i for s in steps for i in s[3]} - set(producer) - {block_in}:
+        raise UnsupportedModelError(f"{block}: a step reads a value the block did not compute")
+
+    def base(k: int) -> str:
+        kind, out, key, inputs = steps[k]
+        if kind == "add":
+            # the residual stream, or the sum of two sublayer outputs (parallel blocks)
+            return "x" if any(_on_stream(v) for v in inputs) else "branches"
+        comp = _kind(key)
+        if comp == "attention":
+            return "attention"
+        if comp == "mlp":
+            return "feedforward"
+        source = inputs[0]
+        if source in producer and _kind(steps[producer[source]][2] or "add:") in (
+            "attention",
+            "mlp",
+        ):
+            return base(producer[source])  # sandwich norm on a sublayer's output
+        readers = [steps[r] for r in uses.get(out, []) if r < len(steps)]
+        if out == block_out or any(r[0] == "add" for r in readers):
+            return "x"  # post-norm: the normalized value is the residual stream
+        return "h"
+
+    def _on_stream(v: int) -> bool:
+        if v == block_in:
+            return True
+        k = producer.get(v)
+        return k is not None and base(k) == "x"
+
+    names: dict[int, str] = {block_in: "x"}
+    holder: dict[str, int] = {"x": block_in}
+    for k, (_, out, _, _) in enumerate(steps):
+        name, n = base(k), 1
+        candidate = name
+        while candidate in holder and any(u > k for u in uses.get(holder[candidate], [])):
+            n += 1
+            candidate = f"{name}_{n}"
+        names[out] = candidate
+        holder[candidate] = out
+
+    component_names = _component_names(draft, steps)
+    components = tuple(
+        Component(
+            name=component_names[key],
+            hf_paths=paths,
+            hf_class=cls,
+            spec=spec,
+            weights=tuple(weights.items()),
+        )
+        for key, (paths, spec, weights, cls) in draft.components.items()
+    )
+    ir_steps = []
+    for kind, out, key, inputs in steps:
+        if kind == "add":
+            ir_steps.append(Add(names[out], (names[inputs[0]], names[inputs[1]])))
+        else:
+            ir_steps.append(Let(names[out], component_names[key], tuple(names[i] for i in inputs)))
+    _check_one_each(block, components)
+    return BlockType(
+        hf_class=type(G.submodule(block)).__name__,
+        components=components,
+        steps=tuple(ir_steps),
+        output=names[block_out],
+    )
+
+
+def _component_names(draft: _Draft, steps) -> dict[str, str]:
+    """Keras layer names: `self_attention`, `feedforward`, and norms by where they sit."""
+    producer = {out: key for _, out, key, _ in steps}
+    readers: dict[int, list[str]] = {}
+    for _, _, key, inputs in steps:
+        for v in inputs:
+            readers.setdefault(v, []).append(key or "add")
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+
+    def claim(key: str, *options: str) -> None:
+        for option in options:
+            if option not in taken:
+                names[key] = option
+                taken.add(option)
+                return
+        raise AssertionError(f"no layer name for {key}")
+
+    for kind, out, key, inputs in steps:
+        if kind != "let" or key in names:
+            continue
+        comp = _kind(key)
+        if comp == "attention":
+            claim(key, "self_attention")
+        elif comp == "mlp":
+            claim(key, "feedforward")
+        else:
+            feeds = {_kind(r) for r in readers.get(out, []) if r != "add"}
+            source = _kind(producer.get(inputs[0]) or "add:")
+            after = _added_branch(steps, inputs[0])
+            if "attention" in feeds:
+                claim(key, "self_attention_layernorm", f"{key}_layernorm")
+            elif "mlp" in feeds:
+                claim(key, "feedforward_layernorm", "feedforward_input_layernorm")
+            elif source == "attention":
+                claim(key, "post_attention_layernorm")
+            elif source == "mlp":
+                claim(key, "post_feedforward_layernorm")
+            elif after == "attention":
+                claim(key, "self_attention_layernorm", "self_attention_output_layernorm")
+            elif after == "mlp":
+                claim(key, "feedforward_layernorm", "feedforward_output_layernorm")
+            else:
+                claim(key, *(f"layernorm_{n}" for n in range(len(steps))))
+    return names
+
+
+def _added_branch(steps, value: int) -> str | None:
+    """For the output of a residual add: the kind of the sublayer it added, if any."""
+    producer = {out: (kind, key, inputs) for kind, out, key, inputs in steps}
+    kind, _, inputs = producer.get(value, (None, None, ()))
+    if kind != "add":
+        return None
+    for v in inputs:
+        source = producer.get(v)
+        while source and source[0] == "let" and _kind(source[1]) == "norm":
+            source = producer.get(source[2][0])
+        if source and source[0] == "let":
+            return _kind(source[1])
+    return None
+
+
+def _check_one_each(block: str, components: tuple[Component, ...]) -> None:
+    attentions = [c for c in components if isinstance(c.spec, Attention)]
+    mlps = [c for c in components if isinstance(c.spec, Mlp)]
+    if len(attentions) != 1:
+        raise UnsupportedModelError(f"{block}: expected one attention, found {len(attentions)}")
+    if len(mlps) != 1:
+        raise UnsupportedModelError(
+            f"{block}: expected one MLP, found {[c.hf_paths for c in mlps]}"
+        )
+    norms = {c.spec for c in components if isinstance(c.spec, Norm)}
+    if len({(n.kind, n.scale_offset) for n in norms}) > 1:
+        raise UnsupportedModelError(f"{block}: norms of different kinds in one block")

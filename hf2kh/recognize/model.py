@@ -1,0 +1,230 @@
+"""Recognize a decoder-only language model from its layer graph, into the model IR, by evidence.
+
+Roles come from the recorded dataflow: the module reading `input_ids` is the token embedding,
+repeated blocks are read step by step (`hf2kh.recognize.block`), the projection producing
+vocabulary logits after the last block is the head. Kinds come from numeric probes, sizes and
+constants from parameter shapes and the modules' own settings. `model_type` and class names are
+only reported, never decided on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hf2kh.components import norm as norm_component
+from hf2kh.components import rope as rope_component
+from hf2kh.components.base import explain_ops
+from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.dataflow import PASSTHROUGH, first_call
+from hf2kh.inspect.graph import LayerGraph
+from hf2kh.ir import BlockType, Head, LayerOptions, ModelIR, Positions, Stem
+from hf2kh.recognize import probes
+from hf2kh.recognize.block import recognize_block
+from hf2kh.recognize.graph_view import GraphView
+
+# What may happen to the hidden states between the last block and the logits, besides the final
+# norm and the head modules.
+HEAD_OPS = PASSTHROUGH | {"__getitem__", "float"}
+
+
+def recognize_model(
+    graph: LayerGraph, model: torch.nn.Module, config, *, name: str, source: str, revision
+) -> ModelIR:
+    G = GraphView(graph, model)
+    evidence = [f"reported by the checkpoint (not used to decide): model_type={graph.model_type!r}"]
+
+    # -- embeddings ------------------------------------------------------------------------
+    input_value = next(v.id for v in graph.values if v.source == "input:input_ids")
+    module_calls = [c for c in graph.calls if c.kind == "module"]
+    embed = next(
+        (
+            c.target
+            for c in module_calls
+            if c.inputs and G.derives(c.inputs[0], input_value) and G.is_projection(c.target)
+        ),
+        None,
+    )
+    if embed is None:
+        raise UnsupportedModelError("no module reads input_ids through an embedding table")
+    vocab_size, hidden_dim = G.own_params(embed)["weight"]
+    evidence.append(f"token embedding: {embed} reads input_ids, table {vocab_size}x{hidden_dim}")
+
+    if not graph.block_groups:
+        raise UnsupportedModelError("no repeated transformer blocks found")
+    group = max(graph.block_groups, key=lambda g: len(g.indices))
+    blocks = [f"{group.container}.{i}" for i in group.indices]
+    block0 = blocks[0]
+    block_call = first_call(graph, block0)
+    last_block_call = first_call(graph, blocks[-1])
+
+    stem_modules = [
+        c.target
+        for c in module_calls
+        if c.index < block_call.index and not c.target.startswith(f"{group.container}.")
+    ]
+    positions = [
+        p
+        for p in stem_modules
+        if p != embed
+        and G.is_projection(p)
+        and G.own_params(p)["weight"][-1] == hidden_dim
+        and not G.derives(first_call(graph, p).inputs[0], input_value)
+    ]
+    rotary = [
+        p
+        for p in stem_modules
+        if not G.subtree_params(p)
+        and not G.own_params(p)
+        and set(first_call(graph, p).outputs) & set(block_call.inputs[1:])
+    ]
+    rope = None
+    if rotary:
+        head_dim = _head_dim_hint(G, block0)
+        rope = rope_component.recognize(G, rotary[0], config, head_dim)
+
+    # -- blocks: a few block types and the type of each layer ----------------------------------
+    block_types: list[BlockType] = []
+    layers: list[int] = []
+    first_of_variant = {v.indices[0]: v for v in group.variants}
+    type_of_variant: dict[int, int] = {}
+    for variant_start, variant in first_of_variant.items():
+        block = recognize_block(G, f"{group.container}.{variant_start}", hidden_dim, rope, evidence)
+        if block not in block_types:
+            block_types.append(block)
+        for i in variant.indices:
+            type_of_variant[i] = block_types.index(block)
+    layers = [type_of_variant[i] for i in group.indices]
+    evidence.append(
+        f"{len(blocks)} blocks {group.container}.N ({group.class_name}), "
+        f"{len(block_types)} block type(s)"
+    )
+    for k, block in enumerate(block_types):
+        evidence.append(f"block type {k}: " + "; ".join(_step_text(s) for s in block.steps))
+    attention = block_types[0].attention
+    if rope is not None:
+        evidence.append(rope_component.describe(rope, attention.head_dim))
+
+    # -- final norm and head -----------------------------------------------------------------
+    after = [c for c in graph.calls if c.index > last_block_call.index]
+    after = [c for c in after if c.scope != blocks[-1] and not c.scope.startswith(f"{blocks[-1]}.")]
+    after_modules = [c for c in after if c.kind == "module"]
+    head = next(
+        (
+            c.target
+            for c in after_modules
+            if graph.value(c.outputs[0]).shape[-1] == vocab_size and G.is_projection(c.target)
+        ),
+        None,
+    )
+    if head is None:
+        raise UnsupportedModelError("no language-model head producing vocabulary logits")
+    final_norm_path = next((c.target for c in after_modules if G.is_norm(c.target)), None)
+    final_norm = None
+    if final_norm_path is not None:
+        final_norm = norm_component.recognize(G, final_norm_path, hidden_dim)
+        evidence.append(f"final norm {final_norm_path}: {norm_component.describe(final_norm)}")
+    inside = [final_norm_path, head]
+    explain_ops(
+        "the head",
+        [c for c in after if c.scope == "" or not any(p and c.scope.startswith(p) for p in inside)],
+        HEAD_OPS,
+    )
+    tied_names = {t.name: t.target for t in graph.tied}
+    tied = tied_names.get(f"{head}.weight") == f"{embed}.weight"
+    head_bias = "bias" in G.own_params(head)
+    evidence.append(
+        f"LM head {head}: {'tied to' if tied else 'separate from'} the token embedding"
+        + (", with a bias" if head_bias else "")
+    )
+
+    # -- positions, embedding scale, windows ---------------------------------------------------
+    max_positions = None
+    if positions:
+        max_positions = G.own_params(positions[0])["weight"][0]
+        evidence.append(f"learned positions: {positions[0]} ({max_positions} rows)")
+    elif rope is None:
+        raise UnsupportedModelError("no position information found (no rope, no learned positions)")
+    windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
+    length = min(max([32, *(2 * w + 1 for w in windows)]), 8193)
+    stem = probes.run_stem(
+        model, embed, positions[0] if positions else None, block0, (group.container, head), length
+    )
+    scale = _embedding_scale(stem)
+    window = probes.mask_window(stem["mask"]) if "mask" in stem else None
+    if window is not None:
+        evidence.append(f"attention mask: causal with a sliding window of {window} tokens")
+    if scale is not None:
+        evidence.append(f"token embeddings are scaled by {scale:.6g} before the first block")
+
+    return ModelIR(
+        name=name,
+        class_prefix="".join(part.capitalize() for part in name.split("_")),
+        source=source,
+        revision=revision,
+        hf_model_class=type(model).__name__,
+        hf_block_container=group.container,
+        stem=Stem(
+            vocab_size=vocab_size,
+            hidden_dim=hidden_dim,
+            hf_embedding=embed,
+            positions=Positions.LEARNED if positions else Positions.NONE,
+            hf_positions=positions[0] if positions else None,
+            max_positions=max_positions,
+            embedding_scale=scale,
+        ),
+        block_types=tuple(block_types),
+        layers=tuple(layers),
+        layer_options=tuple(LayerOptions(sliding_window=window) for _ in layers),
+        head=Head(
+            hf_head=head,
+            tied=tied,
+            bias=head_bias,
+            final_norm=final_norm,
+            hf_final_norm=final_norm_path,
+        ),
+        bos_token_id=_token_id(config, "bos_token_id"),
+        eos_token_id=_token_id(config, "eos_token_id"),
+        pad_token_id=_token_id(config, "pad_token_id"),
+        evidence=tuple(evidence),
+    )
+
+
+def _step_text(step) -> str:
+    if hasattr(step, "component"):
+        return f"{step.out} = {step.component}({', '.join(step.inputs)})"
+    return f"{step.out} = {' + '.join(step.inputs)}"
+
+
+def _head_dim_hint(G: GraphView, block0: str) -> int:
+    """head_dim from the score matmul's query operand in the first block."""
+    from hf2kh.components.attention import is_attention
+
+    for child in G.g.module(block0).children:
+        if is_attention(G, child):
+            matmul = next(
+                c for c in G.calls_within(child) if c.target in ("matmul", "bmm", "einsum")
+            )
+            return G.g.value(matmul.inputs[-2]).shape[-1]
+    raise UnsupportedModelError(f"no child of {block0} computes a softmax attention")
+
+
+def _token_id(config, key: str) -> int | None:
+    value = getattr(config, key, None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value
+
+
+def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
+    """How the first block's input relates to the looked-up embedding rows (after positions)."""
+    emb, block_in, pos = captured["embed"], captured["block"], captured.get("position")
+    if pos is not None:
+        block_in = block_in - pos
+    ratio = float((block_in * emb).sum() / (emb * emb).sum())
+    if not torch.allclose(block_in, emb * ratio, rtol=1e-5, atol=1e-5):
+        raise UnsupportedModelError("the first block's input is not a scaled token embedding")
+    if math.isclose(ratio, 1.0, rel_tol=1e-6):
+        return None
+    return ratio
