@@ -152,6 +152,9 @@ def recognize_model(
         model, embed, positions[0] if positions else None, block0, (group.container, head), length
     )
     scale = _embedding_scale(stem)
+    offset = _position_offset(stem) if positions else 0
+    if offset:
+        evidence.append(f"learned positions start at row {offset} of the table")
     window = probes.mask_window(stem["mask"]) if "mask" in stem else None
     if window is not None:
         evidence.append(f"attention mask: causal with a sliding window of {window} tokens")
@@ -172,6 +175,7 @@ def recognize_model(
             positions=Positions.LEARNED if positions else Positions.NONE,
             hf_positions=positions[0] if positions else None,
             max_positions=max_positions,
+            position_offset=offset,
             embedding_scale=scale,
         ),
         block_types=tuple(block_types),
@@ -215,6 +219,16 @@ def _token_id(config, key: str) -> int | None:
     if isinstance(value, list):
         value = value[0] if value else None
     return value
+
+
+def _position_offset(captured: dict[str, torch.Tensor]) -> int:
+    """The table row of position 0: the position embedding of token t is row `t + offset`."""
+    table, used = captured["position_table"], captured["position"]
+    used = used.reshape(-1, used.shape[-2], used.shape[-1])[0]
+    for offset in range(table.shape[0] - used.shape[0] + 1):
+        if torch.equal(table[offset : offset + used.shape[0]], used):
+            return offset
+    raise UnsupportedModelError("the position embeddings are not consecutive rows of their table")
 
 
 def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:

@@ -190,6 +190,7 @@ def run_stem(
     handles = []
     if position is not None:
         handles.append(stem.get_submodule(position).register_forward_hook(keep("position")))
+        captured["position_table"] = stem.get_submodule(position).weight.detach().clone()
     handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
     vocab = stem.get_submodule(embed).weight.shape[0]
     ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(3))
