@@ -54,10 +54,14 @@ def print_table(results: ZooResults, console: Console | None = None) -> None:
     console.print(summary_line(results))
 
 
-def markdown_table(results: ZooResults) -> str:
+def markdown_table(results: ZooResults, width: int | None = None) -> str:
+    """The table in Markdown; `width` cuts each status line to that many characters."""
     rows = ["| type | status | worst error | s |", "|---|---|---|---|"]
     for o in results.outcomes:
-        text = status_text(o).replace("|", "\\|")
+        text = status_text(o)
+        if width and len(text) > width:
+            text = text[: width - 3].rstrip() + "..."
+        text = text.replace("|", "\\|")
         rows.append(
             f"| {o.model_type} | {text} | {format_error(o.worst_error)} | {o.seconds:.0f} |"
         )
