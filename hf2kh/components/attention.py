@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from hf2kh.components import norm as norm_component
-from hf2kh.components.base import Arg, explain_ops
+from hf2kh.components.base import Arg, check_output_is, explain_ops
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.weight_map import WeightRow
 from hf2kh.inspect.dataflow import PASSTHROUGH
@@ -107,6 +107,7 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
     # The query operand of the score matmul is (batch, heads, length, head_dim).
     head_dim = G.g.value(q_val).shape[-1]
     q_heads, k_heads = q_out // head_dim, k_out // head_dim
+    check_output_is(G, attn, o[0])
     o_layout, o_bias = _projection(G, o[0], q_out)
     weights["output"] = o[0]
     scale = node.attributes.get("scaling")

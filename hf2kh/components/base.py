@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.dataflow import PASSTHROUGH
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,19 @@ def explain_ops(where: str, calls, allowed: set[str]) -> None:
                 f"op `{call.target}` in {call.scope or where} is not explained by any recognized "
                 "component; porting without it would compute something else"
             )
+
+
+def check_output_is(G, module: str, projection: str) -> None:
+    """The module's output must be its output projection's, only moved (no residual added
+    inside, as BLOOM's attention does): anything else is computed by no component."""
+    value, made = G.out(module), G.out(projection)
+    producers = {o: c for c in G.calls_within(module) for o in c.outputs}
+    while value != made:
+        call = producers.get(value)
+        if call is None or call.kind != "function" or call.target not in PASSTHROUGH:
+            what = f"`{call.target}`" if call is not None else "a value from outside"
+            raise UnsupportedModelError(
+                f"{module}: its output is not its output projection {projection}'s "
+                f"({what} after it); porting without that would compute something else"
+            )
+        value = call.inputs[0]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
-from hf2kh.components.base import explain_ops
+from hf2kh.components.base import check_output_is, explain_ops
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, block_steps, calls_within, first_call
 from hf2kh.inspect.graph import Call
@@ -116,6 +116,7 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence) ->
         spec, weights = mlp_component.recognize(
             G, path, projections, calls_within(G.g, path), call.outputs[0], hidden_dim, evidence
         )
+        check_output_is(G, path, weights["down"])
         kind = "mlp"
     else:
         raise UnsupportedModelError(
