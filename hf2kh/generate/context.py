@@ -184,6 +184,15 @@ class Context:
             Arg("num_layers", self.ir.num_layers, "int. Number of decoder blocks."),
             *self.block_args,
         ]
+        if stem.hf_embedding_projection is not None:
+            args.append(
+                Arg(
+                    "embedding_dim",
+                    stem.embedding_dim,
+                    "int. Width of the token embeddings, projected to `hidden_dim` for the blocks "
+                    "and back for the language-model head.",
+                )
+            )
         if stem.positions is Positions.LEARNED:
             args.append(
                 Arg(
@@ -230,6 +239,10 @@ class Context:
         if self.ir.stem.positions is Positions.LEARNED:
             return "token_ids, start_index=cache_update_index"
         return "token_ids"
+
+    @property
+    def projected_embeddings(self) -> bool:
+        return self.ir.stem.hf_embedding_projection is not None
 
     @property
     def head_bias(self) -> bool:

@@ -76,6 +76,12 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
                 ops if stem.position_offset else (),
             )
         )
+    if stem.hf_embedding_projection is not None:
+        rows.append(
+            _dense(f"{stem.hf_embedding_projection}.weight", hf_shapes, "embedding_projection")
+        )
+    if head.hf_output_projection is not None:
+        rows.append(_dense(f"{head.hf_output_projection}.weight", hf_shapes, "output_projection"))
     for i in range(ir.num_layers):
         block = ir.block_type(i)
         prefix = ir.block_path(i)
@@ -114,6 +120,12 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
     if head.bias:
         rows.append(_row(f"{head.hf_head}.bias", hf_shapes, "lm_head_bias/bias"))
     return WeightTable(rows)
+
+
+def _dense(hf_name: str, hf_shapes, layer: str) -> WeightRow:
+    """A `Linear` weight (out, in) as a Keras `Dense` kernel (in, out)."""
+    shape = tuple(hf_shapes[hf_name])
+    return WeightRow(hf_name, shape, f"{layer}/kernel", shape[::-1], ({"op": "transpose"},))
 
 
 def _row(hf_name: str, hf_shapes, keras_path: str) -> WeightRow:

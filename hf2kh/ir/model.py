@@ -170,6 +170,9 @@ class Stem:
     max_positions: int | None = None
     position_offset: int = 0  # rows skipped at the start of the table (OPT: 2)
     embedding_scale: float | None = None
+    # Token embeddings narrower than the blocks, projected up (OPT-350m's `project_in`).
+    embedding_dim: int | None = None
+    hf_embedding_projection: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class Head:
     bias: bool = False
     final_norm: Norm | None = None
     hf_final_norm: str | None = None
+    # Final hidden states projected down to the embedding width (OPT-350m's `project_out`).
+    hf_output_projection: str | None = None
 
 
 @dataclass(frozen=True)

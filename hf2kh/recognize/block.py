@@ -215,7 +215,7 @@ def _named(G: GraphView, block: str, draft: _Draft, block_in: int, block_out: in
         names[out] = candidate
         holder[candidate] = out
 
-    component_names = _component_names(draft, steps)
+    component_names = _component_names(draft, steps, block_out)
     components = tuple(
         Component(
             name=component_names[key],
@@ -241,7 +241,7 @@ def _named(G: GraphView, block: str, draft: _Draft, block_in: int, block_out: in
     )
 
 
-def _component_names(draft: _Draft, steps) -> dict[str, str]:
+def _component_names(draft: _Draft, steps, block_out: int) -> dict[str, str]:
     """Keras layer names: `self_attention`, `feedforward`, and norms by where they sit."""
     producer = {out: key for _, out, key, _ in steps}
     readers: dict[int, list[str]] = {}
@@ -270,12 +270,10 @@ def _component_names(draft: _Draft, steps) -> dict[str, str]:
         else:
             feeds = {_kind(r) for r in readers.get(out, []) if r != "add"}
             source = _kind(producer.get(inputs[0]) or "add:")
-            after = _added_branch(steps, inputs[0])
-            if "attention" in feeds:
-                claim(key, "self_attention_layernorm", f"{key}_layernorm")
-            elif "mlp" in feeds:
-                claim(key, "feedforward_layernorm", "feedforward_input_layernorm")
-            elif source == "attention":
+            # post-norm: the normalized sum is the residual stream from here on
+            on_stream = out == block_out or "add" in readers.get(out, [])
+            after = _added_branch(steps, inputs[0]) if on_stream else None
+            if source == "attention":
                 claim(key, "post_attention_layernorm")
             elif source == "mlp":
                 claim(key, "post_feedforward_layernorm")
@@ -283,6 +281,10 @@ def _component_names(draft: _Draft, steps) -> dict[str, str]:
                 claim(key, "self_attention_layernorm", "self_attention_output_layernorm")
             elif after == "mlp":
                 claim(key, "feedforward_layernorm", "feedforward_output_layernorm")
+            elif "attention" in feeds:
+                claim(key, "self_attention_layernorm", f"{key}_layernorm")
+            elif "mlp" in feeds:
+                claim(key, "feedforward_layernorm", "feedforward_input_layernorm")
             else:
                 claim(key, *(f"layernorm_{n}" for n in range(len(steps))))
     return names

@@ -48,8 +48,8 @@ def recognize_model(
     )
     if embed is None:
         raise UnsupportedModelError("no module reads input_ids through an embedding table")
-    vocab_size, hidden_dim = G.own_params(embed)["weight"]
-    evidence.append(f"token embedding: {embed} reads input_ids, table {vocab_size}x{hidden_dim}")
+    vocab_size, embedding_dim = G.own_params(embed)["weight"]
+    evidence.append(f"token embedding: {embed} reads input_ids, table {vocab_size}x{embedding_dim}")
 
     if not graph.block_groups:
         raise UnsupportedModelError("no repeated transformer blocks found")
@@ -64,6 +64,16 @@ def recognize_model(
         for c in module_calls
         if c.index < block_call.index and not c.target.startswith(f"{group.container}.")
     ]
+    hidden_dim = graph.value(block_call.inputs[0]).shape[-1]
+    embedding_projection = None
+    if hidden_dim != embedding_dim:
+        embedding_projection = _projection_between(
+            G, stem_modules, first_call(graph, embed).outputs[0], (hidden_dim, embedding_dim)
+        )
+        evidence.append(
+            f"token embeddings projected from {embedding_dim} to {hidden_dim} by "
+            f"{embedding_projection}"
+        )
     positions = [
         p
         for p in stem_modules
@@ -120,12 +130,21 @@ def recognize_model(
     )
     if head is None:
         raise UnsupportedModelError("no language-model head producing vocabulary logits")
+    output_projection = None
+    if hidden_dim != embedding_dim:
+        output_projection = _projection_between(
+            G,
+            [c.target for c in after_modules if c.target != head],
+            last_block_call.outputs[0],
+            (embedding_dim, hidden_dim),
+        )
+        evidence.append(f"final hidden states projected to {embedding_dim} by {output_projection}")
     final_norm_path = next((c.target for c in after_modules if G.is_norm(c.target)), None)
     final_norm = None
     if final_norm_path is not None:
         final_norm = norm_component.recognize(G, final_norm_path, hidden_dim)
         evidence.append(f"final norm {final_norm_path}: {norm_component.describe(final_norm)}")
-    inside = [final_norm_path, head]
+    inside = [final_norm_path, output_projection, head]
     explain_ops(
         "the head",
         [c for c in after if c.scope == "" or not any(p and c.scope.startswith(p) for p in inside)],
@@ -149,7 +168,13 @@ def recognize_model(
     windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
     length = min(max([32, *(2 * w + 1 for w in windows)]), 8193)
     stem = probes.run_stem(
-        model, embed, positions[0] if positions else None, block0, (group.container, head), length
+        model,
+        embed,
+        positions[0] if positions else None,
+        block0,
+        (group.container, head),
+        length,
+        projection=embedding_projection,
     )
     scale = _embedding_scale(stem)
     offset = _position_offset(stem) if positions else 0
@@ -177,6 +202,8 @@ def recognize_model(
             max_positions=max_positions,
             position_offset=offset,
             embedding_scale=scale,
+            embedding_dim=embedding_dim if embedding_projection else None,
+            hf_embedding_projection=embedding_projection,
         ),
         block_types=tuple(block_types),
         layers=tuple(layers),
@@ -187,12 +214,31 @@ def recognize_model(
             bias=head_bias,
             final_norm=final_norm,
             hf_final_norm=final_norm_path,
+            hf_output_projection=output_projection,
         ),
         bos_token_id=_token_id(config, "bos_token_id"),
         eos_token_id=_token_id(config, "eos_token_id"),
         pad_token_id=_token_id(config, "pad_token_id"),
         evidence=tuple(evidence),
     )
+
+
+def _projection_between(G: GraphView, candidates, source: int, shape) -> str:
+    """The bias-free projection of weight `shape` among `candidates` that reads `source`."""
+    found = [
+        p
+        for p in candidates
+        if G.is_projection(p)
+        and tuple(G.own_params(p)["weight"]) == tuple(shape)
+        and "bias" not in G.own_params(p)
+        and G.derives(first_call(G.g, p).inputs[0], source)
+    ]
+    if len(found) != 1:
+        raise UnsupportedModelError(
+            f"the embedding width differs from the blocks' and no single projection of shape "
+            f"{tuple(shape)} explains it ({found})"
+        )
+    return found[0]
 
 
 def _step_text(step) -> str:
@@ -234,6 +280,8 @@ def _position_offset(captured: dict[str, torch.Tensor]) -> int:
 def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
     """How the first block's input relates to the looked-up embedding rows (after positions)."""
     emb, block_in, pos = captured["embed"], captured["block"], captured.get("position")
+    if "projected" in captured:
+        emb = captured["projected"]
     if pos is not None:
         block_in = block_in - pos
     ratio = float((block_in * emb).sum() / (emb * emb).sum())

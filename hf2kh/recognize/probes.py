@@ -160,13 +160,15 @@ def run_stem(
     block0: str,
     skip: tuple[str, ...],
     length: int = 64,
+    projection: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the model's code before its first block on the CPU, with random stem weights.
 
     Only modules outside `skip` (the block container and the head) are materialized, so this is
     cheap for a model of any size. Returns the rows of the token embedding table that were looked
-    up, the position embedding output (if any), the first block's input and the attention mask it
-    receives (if any), for a batch of `length` tokens.
+    up, the position embedding output (if any), the projected embeddings (if `projection`), the
+    first block's input and the attention mask it receives (if any), for a batch of `length`
+    tokens.
     """
     stem = copy.deepcopy(model)
     _materialize_outside(stem, skip)
@@ -191,6 +193,8 @@ def run_stem(
     if position is not None:
         handles.append(stem.get_submodule(position).register_forward_hook(keep("position")))
         captured["position_table"] = stem.get_submodule(position).weight.detach().clone()
+    if projection is not None:
+        handles.append(stem.get_submodule(projection).register_forward_hook(keep("projected")))
     handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
     vocab = stem.get_submodule(embed).weight.shape[0]
     ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(3))
