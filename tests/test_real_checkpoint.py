@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from hf2kh.port import PortOptions, import_generated, run_port
+from tests.fixtures import real
 from tests.fixtures.real import smollm2_checkpoint
 
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    checkpoint = smollm2_checkpoint(tmp_path_factory.mktemp("smollm2") / "ckpt")
+    checkpoint = smollm2_checkpoint()  # dequantized once, then read from the on-disk cache
     out = tmp_path_factory.mktemp("smollm2_port") / "out"
     result = run_port(
         PortOptions(repo=str(checkpoint), out=out, name="smollm2", verify=True),
@@ -39,10 +40,9 @@ def test_port_verifies(smollm2):
 
 def test_recognized_spec(smollm2):
     _, out, _ = smollm2
-    backbone = (out / "smollm2" / "smollm2_backbone.py").read_text()
-    assert "tie_weights=True" in backbone
     convert = (out / "smollm2" / "convert_smollm2_checkpoints.py").read_text()
     for expected in (
+        '"tie_word_embeddings": True',
         '"num_key_value_heads": 3',
         '"head_dim": 64',
         '"rope_max_wavelength": 100000.0',
@@ -70,3 +70,52 @@ def test_text_generation_matches_hf(smollm2):
     text = causal_lm.generate(prompt, max_length=ids.shape[1] + 10)
     assert text == expected
     assert "Paris" in text  # real weights, real answer
+
+
+def test_smollm2_checkpoint_is_cached_by_package_versions(smollm2):
+    checkpoint, _, _ = smollm2
+    key = {
+        "recipe": real.SMOLLM2_RECIPE,
+        "gguf_file": real.SMOLLM2_GGUF,
+        **real.package_versions(real.SMOLLM2_KEY_DISTRIBUTIONS),
+    }
+    assert {"transformers", "gguf", "torch"} <= set(key)
+    assert checkpoint == real.cache_root() / f"smollm2-135m-instruct-{real.cache_key(key)}"
+    assert (checkpoint / real.COMPLETE).is_file() and (checkpoint / "model.safetensors").is_file()
+
+
+def test_cached_build_builds_once_per_key_and_rebuilds_a_damaged_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF2KH_TEST_CACHE", str(tmp_path / "cache"))
+    builds = []
+
+    def build(out):
+        builds.append(out)
+        (out / "weights.bin").write_bytes(b"w" * (len(builds) + 10))
+
+    first = real.cached_build("thing", {"torch": "1"}, build)
+    assert first.parent == tmp_path / "cache" and len(builds) == 1
+    assert real.cached_build("thing", {"torch": "1"}, build) == first and len(builds) == 1
+    # another package version: another entry
+    second = real.cached_build("thing", {"torch": "2"}, build)
+    assert second != first and len(builds) == 2
+    # a damaged entry (a file changed size) is rebuilt, as is one without its marker
+    (first / "weights.bin").write_bytes(b"x")
+    assert real.cached_build("thing", {"torch": "1"}, build) == first and len(builds) == 3
+    (first / real.COMPLETE).unlink()
+    assert real.cached_build("thing", {"torch": "1"}, build) == first and len(builds) == 4
+    # a failed build leaves nothing behind
+    with pytest.raises(RuntimeError):
+        real.cached_build("thing", {"torch": "3"}, lambda out: (_ for _ in ()).throw(RuntimeError))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        [first.name, second.name]
+    )
+
+
+def test_package_versions_key_the_cache(monkeypatch):
+    versions = real.package_versions(real.SMOLLM2_KEY_DISTRIBUTIONS)
+    assert all(v != "not installed" for v in versions.values()), versions
+    key = real.cache_key(versions)
+    monkeypatch.setattr(
+        real.importlib.metadata, "version", lambda name: "0.0" if name == "gguf" else versions[name]
+    )
+    assert real.cache_key(real.package_versions(real.SMOLLM2_KEY_DISTRIBUTIONS)) != key
