@@ -223,6 +223,34 @@ def args(a: Attention) -> list[Arg]:
     return found
 
 
+# -- emitted code ----------------------------------------------------------------------------------
+
+# q/k/v projection -> (einsum equation, heads, bias axes) of its EinsumDense layer.
+_PROJECTIONS = {
+    "query": ("bqm,muh->bquh", "self.num_query_heads", "uh"),
+    "key": ("bkm,mvh->bkvh", "self.num_key_value_heads", "vh"),
+    "value": ("bkm,mvh->bkvh", "self.num_key_value_heads", "vh"),
+}
+
+
+def qkv_biased(a: Attention) -> bool:
+    return a.query_bias or a.key_bias or a.value_bias
+
+
+def projection_params(a: Attention) -> str:
+    """Parameters of the layer's `_projection` helper: `bias_axes` only if some q/k/v has one."""
+    return "name, equation, num_heads" + (", bias_axes" if qkv_biased(a) else "")
+
+
+def projection_args(a: Attention, role: str) -> str:
+    equation, heads, axes = _PROJECTIONS[role]
+    args = f'"{role}", "{equation}", {heads}'
+    if qkv_biased(a):
+        biased = {"query": a.query_bias, "key": a.key_bias, "value": a.value_bias}[role]
+        args += f', bias_axes="{axes}"' if biased else ", bias_axes=None"
+    return args
+
+
 # -- weight rows ---------------------------------------------------------------------------------
 
 

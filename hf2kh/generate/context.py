@@ -119,6 +119,17 @@ class Context:
         return attention_component.custom_scale(self.attention)
 
     @property
+    def qkv_biased(self) -> bool:
+        return attention_component.qkv_biased(self.attention)
+
+    @property
+    def projection_params(self) -> str:
+        return attention_component.projection_params(self.attention)
+
+    def projection_args(self, role: str) -> str:
+        return attention_component.projection_args(self.attention, role)
+
+    @property
     def attention_extra_fields(self) -> list[str]:
         base = {"num_query_heads", "num_key_value_heads", "head_dim"}
         return [a.name for a in attention_component.args(self.attention) if a.name not in base]
