@@ -120,6 +120,12 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
         k_norms = [c for c in norm_children if feeds(c, k_val)]
         if len(q_norms) != 1 or len(k_norms) != 1 or len(norm_children) != 2:
             raise UnsupportedModelError(f"{attn}: unrecognized norms {norm_children}")
+        widths = {G.g.value(G.inp(n)).shape[-1] for n in (q_norms[0], k_norms[0])}
+        if widths != {head_dim}:
+            raise UnsupportedModelError(
+                f"{attn}: q/k norms over {sorted(widths)} features (all heads at once), "
+                f"not per head of {head_dim}: not supported yet"
+            )
         qk_norm = norm_component.recognize(G, q_norms[0], head_dim)
         if norm_component.recognize(G, k_norms[0], head_dim) != qk_norm:
             raise UnsupportedModelError(f"{attn}: q and k norms differ")
