@@ -1,0 +1,43 @@
+"""Issue 7 item 3: an op that no recognized component explains stops the port, naming the op and
+the module, before anything is generated (never a port that leaves it out).
+
+Tiny random configs of real model types, built by the zoo's generic shrinker, recorded on the
+meta device: helium and ernie4_5 rotate q/k in interleaved pairs (`repeat_interleave`), granite
+scales each residual branch by a constant (`mul` in the block).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.build import build_graph_and_model
+from hf2kh.recognize import recognize_model
+from hf2kh.zoo.build import tiny_config
+from hf2kh.zoo.shrink import Tokens
+from hf2kh.zoo.types import candidate_types
+
+TOKENS = Tokens(vocab_size=512, ids={"bos": 1, "eos": 2, "pad": 0})
+
+
+def _recognize(model_type: str):
+    zoo_type = next(t for t in candidate_types()[0] if t.model_type == model_type)
+    config, _ = tiny_config(zoo_type, TOKENS)
+    graph, model = build_graph_and_model(config)
+    return recognize_model(graph, model, config, name="m", source="s", revision=None)
+
+
+@pytest.mark.parametrize(
+    "model_type, op, where",
+    [
+        ("helium", "repeat_interleave", "model.layers.0.self_attn"),
+        ("ernie4_5", "repeat_interleave", "model.layers.0.self_attn"),
+        ("granite", "mul", "model.layers.0"),
+    ],
+)
+def test_unexplained_op_stops_the_port_naming_it(model_type, op, where):
+    with pytest.raises(UnsupportedModelError) as info:
+        _recognize(model_type)
+    message = str(info.value)
+    assert f"op `{op}` in {where} is not explained" in message, message
+    assert "\n" not in message
