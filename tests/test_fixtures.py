@@ -102,15 +102,19 @@ def test_head_tying(name, hf_fixture):
         assert not torch.equal(head.weight, model.get_input_embeddings().weight)
 
 
+ROPE_SUBKEYS = ("rope_type", "rope_theta", "partial_rotary_factor")
+
+
 def _ablations(spec: FixtureSpec):
-    """(label, ablated spec) per non-default value: the value removed (family default)."""
+    """(label, ablated spec) per non-default value: the value removed (family default). Every
+    value of `spec.config` not in NOT_ABLATED is yielded (rope_parameters as its sub-keys)."""
     for key, value in spec.config.items():
         if key in NOT_ABLATED:
             continue
         if key == "rope_parameters":
-            for sub in ("rope_type", "rope_theta", "partial_rotary_factor"):
-                if sub not in value or (sub == "rope_type" and value[sub] == "default"):
-                    continue
+            for sub in ROPE_SUBKEYS:
+                if sub not in value:
+                    continue  # not set by the fixture: nothing to ablate
                 if sub == "rope_type":  # back to plain rope, same theta and rotary fraction
                     keep = ("rope_theta", "partial_rotary_factor")
                     new = {k: v for k, v in value.items() if k in keep}
@@ -126,35 +130,236 @@ def _ablations(spec: FixtureSpec):
             yield key, dataclasses.replace(spec, config=config)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_non_default_values_are_live(name, hf_fixture):
-    """Each non-default value either changes the parameter layout (the checkpoint cannot load
-    without it) or changes the output by more than LIVE_THRESHOLD on the sample text."""
-    spec, path, model, _ = _load(name, hf_fixture)
-    tokenizer = load_tokenizer(path)
-    inputs = tokenizer(SAMPLE_TEXTS[0], return_tensors="pt")
-    assert inputs["input_ids"].shape[1] > 16
+def _expected_labels(spec: FixtureSpec) -> set[str]:
+    """What `_ablations` must probe, stated independently: every key of the fixture's config
+    except NOT_ABLATED, with rope_parameters' sub-keys that are set."""
+    labels = set()
+    for key, value in spec.config.items():
+        if key == "rope_parameters":
+            labels |= {f"{key}.{sub}" for sub in ROPE_SUBKEYS if sub in value}
+        elif key not in NOT_ABLATED:
+            labels.add(key)
+    return labels
+
+
+# Outcomes of an ablation other than "live" (the output moves by more than LIVE_THRESHOLD):
+LAYOUT = "layout"  # the value changes parameter names or shapes (the checkpoint needs it)
+DEFAULT = "default"  # the fixture sets the family's default explicitly (the config is unchanged)
+INVALID = "invalid"  # the config is rejected without the value (validated against the others)
+# fixture -> {probed value: outcome} for every probed value that is not "live"; every other
+# value each fixture sets (see `_expected_labels`) must be live.
+NOT_LIVE: dict[str, dict[str, str]] = {
+    "bert": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "type_vocab_size": DEFAULT,
+    },
+    "bert_cls": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "type_vocab_size": DEFAULT,
+    },
+    "bloom": {"hidden_size": INVALID, "n_layer": DEFAULT},
+    "distilbert": {
+        "activation": DEFAULT,
+        "dim": LAYOUT,
+        "hidden_dim": LAYOUT,
+        "n_heads": INVALID,
+        "n_layers": LAYOUT,
+    },
+    "electra": {
+        "embedding_size": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": DEFAULT,
+        "num_hidden_layers": LAYOUT,
+    },
+    "falcon": {
+        "alibi": DEFAULT,
+        "bias": LAYOUT,
+        "ffn_hidden_size": LAYOUT,
+        "hidden_size": LAYOUT,
+        "multi_query": DEFAULT,
+        "new_decoder_architecture": DEFAULT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "parallel_attn": DEFAULT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "gemma": {
+        "head_dim": LAYOUT,
+        "hidden_act": DEFAULT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "gpt2": {
+        "activation_function": DEFAULT,
+        "n_embd": LAYOUT,
+        "n_head": INVALID,
+        "n_inner": LAYOUT,
+        "n_layer": LAYOUT,
+    },
+    "gpt_neo": {"hidden_size": LAYOUT, "intermediate_size": LAYOUT, "num_layers": INVALID},
+    "gpt_neox": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "rope_parameters.partial_rotary_factor": DEFAULT,
+        "rope_parameters.rope_type": DEFAULT,
+        "use_parallel_residual": DEFAULT,
+    },
+    "llama": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "llama3": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+    },
+    "llama_bias": {
+        "attention_bias": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "mlp_bias": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": DEFAULT,
+        "rope_parameters.rope_theta": DEFAULT,
+    },
+    "llama_tied": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "mistral": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "opt": {
+        "ffn_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+    },
+    "opt_350m_style": {
+        "do_layer_norm_before": LAYOUT,
+        "ffn_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "word_embed_proj_dim": LAYOUT,
+    },
+    "phi": {
+        "hidden_act": DEFAULT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": DEFAULT,
+        "rope_parameters.partial_rotary_factor": DEFAULT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "qwen2": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "qwen3": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "roberta": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "type_vocab_size": LAYOUT,
+    },
+}
+
+
+def _probe(spec: FixtureSpec, tokenizer, model, inputs) -> dict[str, str]:
+    """label -> outcome ("live", "dead (relative change ...)", or one of NOT_LIVE's kinds)."""
     reference = _output(model, **inputs)
     rms = float(reference.pow(2).mean().sqrt())
     state = model.state_dict()
     layout = {k: tuple(v.shape) for k, v in state.items()}
     as_built = make_config(spec, tokenizer).to_dict()
-    dead = []
+    outcomes: dict[str, str] = {}
     for label, ablated in _ablations(spec):
+        assert label not in outcomes, f"{label} probed twice"
         try:
             config = make_config(ablated, tokenizer)
             if config.to_dict() == as_built:
-                continue  # explicitly set to the family default (documents the fixture)
+                outcomes[label] = "default"
+                continue
             if _layout(auto_class(spec.task), config) != layout:
-                continue  # the value changes parameter names or shapes
+                outcomes[label] = "layout"
+                continue
             other = build_model(ablated, config)
         except (ValueError, TypeError, StrictDataclassError):
-            continue  # validated against the other values (e.g. heads | hidden): not ignored
+            outcomes[label] = "invalid"  # validated against the other values: not ignored
+            continue
         other.load_state_dict(state, strict=True)
         change = float((_output(other, **inputs) - reference).abs().max()) / rms
-        if change <= LIVE_THRESHOLD:
-            dead.append(f"{label} (relative change {change:.2e})")
-    assert not dead, f"{name}: values with no visible effect: {', '.join(dead)}"
+        outcomes[label] = "live" if change > LIVE_THRESHOLD else f"dead ({change:.2e})"
+    return outcomes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_default_values_are_live(name, hf_fixture):
+    """Each non-default value either changes the parameter layout (the checkpoint cannot load
+    without it) or changes the output by more than LIVE_THRESHOLD on the sample text. The values
+    probed and each one's outcome are recorded and compared with what is expected."""
+    spec, path, model, _ = _load(name, hf_fixture)
+    tokenizer = load_tokenizer(path)
+    inputs = tokenizer(SAMPLE_TEXTS[0], return_tensors="pt")
+    assert inputs["input_ids"].shape[1] > 16
+    outcomes = _probe(spec, tokenizer, model, inputs)
+    assert set(outcomes) == _expected_labels(spec)
+    not_live = NOT_LIVE.get(name, {})
+    expected = {label: not_live.get(label, "live") for label in _expected_labels(spec)}
+    assert outcomes == expected
+
+
+def test_not_live_table_names_real_values():
+    assert set(NOT_LIVE) <= set(FIXTURES)
+    for name, outcomes in NOT_LIVE.items():
+        assert set(outcomes) <= _expected_labels(FIXTURES[name]), name
+        assert set(outcomes.values()) <= {LAYOUT, DEFAULT, INVALID}, name
 
 
 def test_unknown_config_key_is_caught():

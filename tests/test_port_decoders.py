@@ -44,30 +44,46 @@ OUTCOMES: dict[str, str] = {
     "gemma": VERIFIED,
     "gpt2": VERIFIED,
     "gpt_neox": VERIFIED,
-    "opt": "expected one MLP in model.decoder.layers.0",
-    "opt_350m_style": "expected one MLP in model.decoder.layers.0",
-    "gpt_neo": "blocks of transformer.h are not all alike (attn.attention.attention_type: "
-    "'global' vs 'local'",
-    "phi": "the LM head lm_head has a bias, not supported yet",
+    "opt": VERIFIED,
+    "phi": VERIFIED,
+    "opt_350m_style": VERIFIED,
+    "gpt_neo": "transformer.h.0.attn.attention: no attention scaling setting found",
     "falcon": "transformer.h.0.self_attention: cannot tell the output projection",
     "bloom": "the fused projection transformer.h.0.self_attention.query_key_value is not split "
     "into q, k, v",
-    "bert": "expected one MLP in bert.encoder.layer.0",
-    "bert_cls": "expected one MLP in bert.encoder.layer.0",
-    "roberta": "expected one MLP in roberta.encoder.layer.0",
-    "distilbert": "distilbert.transformer.layer.0 is not a pre-norm block",
-    "electra": "expected one MLP in electra.encoder.layer.0",
+    "bert": "bert.encoder.layer.0.attention: cannot tell the output projection",
+    "bert_cls": "bert.encoder.layer.0.attention: cannot tell the output projection",
+    "roberta": "roberta.encoder.layer.0.attention: cannot tell the output projection",
+    "distilbert": "op `linear` in vocab_transform is not explained by any recognized component",
+    "electra": "the embedding width differs from the blocks' and no single projection of shape "
+    "(32, 16) explains it",
 }
+# Known bugs: fixture -> what goes wrong today. Their outcome tests are expected to fail (strict:
+# a fix makes them fail until the entry is removed here).
+KNOWN_BUGS: dict[str, str] = {}
+
+
+def _cases(names):
+    return [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n]))
+        if n in KNOWN_BUGS
+        else n
+        for n in names
+    ]
+
 
 DECODERS = [name for name, outcome in OUTCOMES.items() if outcome == VERIFIED]
+# The verified ports that work today: the ones the independent checks below run on.
+WORKING = [name for name in DECODERS if name not in KNOWN_BUGS]
 SUBPROCESS_TIMEOUT = 600
 
 
 def test_outcomes_cover_every_fixture():
     assert sorted(OUTCOMES) == sorted(FIXTURES)
+    assert set(KNOWN_BUGS) <= set(OUTCOMES)
 
 
-@pytest.mark.parametrize("name", list(OUTCOMES))
+@pytest.mark.parametrize("name", _cases(OUTCOMES))
 def test_fixture_is_verified_or_refused_with_its_reason(ported, name):
     port = ported(name)
     expected = OUTCOMES[name]
@@ -136,7 +152,7 @@ PROMPTS = (
 )
 
 
-@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("name", WORKING)
 def test_preset_logits_and_greedy_ids_match_hf(ported, hf_fixture, name):
     """Independent of hf2kh's verify: the user's path through keras_hub's public API."""
     import keras
@@ -147,7 +163,8 @@ def test_preset_logits_and_greedy_ids_match_hf(ported, hf_fixture, name):
     assert port.cli.exit_code == 0, port.cli.describe()
     import_generated(port.out, port.package)
     causal_lm = keras_hub.models.CausalLM.from_preset(str(port.out / "preset"))
-    assert type(causal_lm).__name__ == f"Tiny{name.title().replace('_', '')}CausalLM"
+    prefix = "".join(part.capitalize() for part in port.package.split("_"))
+    assert type(causal_lm).__name__ == f"{prefix}CausalLM"
     hf = _hf_model(hf_fixture(name))
     rng = np.random.default_rng(0)
     token_ids = rng.integers(0, hf.config.vocab_size, size=(2, 19)).astype("int32")
@@ -209,7 +226,7 @@ def test_preset_logits_and_greedy_ids_match_hf(ported, hf_fixture, name):
 @pytest.fixture(scope="module")
 def package_tests(ported, tmp_path_factory):
     """Every verified port's own generated tests, in one pytest subprocess (JUnit per case)."""
-    ports = [ported(name) for name in DECODERS]
+    ports = [ported(name) for name in WORKING]
     failed_ports = [p.fixture for p in ports if p.cli.exit_code != 0]
     junit = tmp_path_factory.mktemp("package_tests") / "junit.xml"
     env = {
@@ -249,7 +266,7 @@ def package_tests(ported, tmp_path_factory):
     return result, cases, failed_ports
 
 
-@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("name", WORKING)
 def test_generated_package_tests_pass(package_tests, name):
     result, cases, failed_ports = package_tests
     assert name not in failed_ports
@@ -259,7 +276,7 @@ def test_generated_package_tests_pass(package_tests, name):
     assert all(outcome == "passed" for _, outcome in mine), mine
 
 
-@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("name", WORKING)
 def test_generated_code_is_ruff_clean(ported, name):
     port = ported(name)
     result = subprocess.run(
