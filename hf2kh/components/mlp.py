@@ -55,14 +55,19 @@ def recognize(
         raise UnsupportedModelError(f"{where}: cannot tell the MLP output projection")
     down = down[0]
     ins = [p for p in projections if p != down]
+    # A fused gate/up projection is split in two halves (Phi-3's `gate_up_proj.chunk(2)`).
+    halves = _halves(G, calls, ins[0]) if len(ins) == 1 else None
+    sources = {G.out(p): p for p in ins}
+    if halves is not None:
+        sources = {value: ins[0] for value in halves}
     act_call = next(
         (
             c
             for c in calls
             if c.kind in ("module", "function")
-            and any(G.out(p) in c.inputs for p in ins)
+            and any(v in c.inputs for v in sources)
             and c.target not in projections
-            and c.target not in ("mul", "__mul__")
+            and c.target not in ("mul", "__mul__", "chunk", "split")
             and not _within_any(c.scope, projections)
         ),
         None,
@@ -70,10 +75,14 @@ def recognize(
     if act_call is None:
         raise UnsupportedModelError(f"{where}: no MLP activation found")
     activation = _activation(G, act_call, where)
-    gate = next((p for p in ins if G.out(p) in act_call.inputs), None)
+    gate = next((p for v, p in sources.items() if v in act_call.inputs), None)
     if gate is None:
         raise UnsupportedModelError(f"{where}: the activation does not read a projection")
-    if len(ins) == 2:
+    gate_half = None
+    if halves is not None:
+        gate_half = next(i for i, v in enumerate(halves) if v in act_call.inputs)
+        weights = {f"gate_up:{gate_half}": gate, "down": down}
+    elif len(ins) == 2:
         weights = {"gate": gate, "up": next(p for p in ins if p != gate), "down": down}
     elif len(ins) == 1:
         weights = {"up": gate, "down": down}
@@ -91,7 +100,7 @@ def recognize(
         raise UnsupportedModelError(f"{where}: some projections have a bias and some do not")
     if len(layouts) != 1:
         raise UnsupportedModelError(f"{where}: projections mix Linear and Conv1D layouts")
-    gated = "gate" in weights
+    gated = "gate" in weights or halves is not None
     own = [c for c in calls if c is not act_call and not _within_any(c.scope, projections)]
     own = [c for c in own if not (act_call.kind == "module" and _within(c.scope, act_call.target))]
     explain_ops(where, own, PASSTHROUGH | ({"mul"} if gated else set()))
@@ -101,6 +110,20 @@ def recognize(
         + (", with biases" if bias else "")
     )
     return Mlp(gated, activation, intermediate, bias, WeightLayout(layouts.pop())), weights
+
+
+def _halves(G: GraphView, calls: list[Call], projection: str) -> tuple[int, int] | None:
+    """The two outputs of a `chunk`/`split` in two equal halves of `projection`'s output."""
+    for call in calls:
+        if (
+            call.target in ("chunk", "split")
+            and len(call.outputs) == 2
+            and G.derives(call.inputs[0], G.out(projection))
+        ):
+            a, b = (G.g.value(v).shape[-1] for v in call.outputs)
+            if a == b and a * 2 == G.g.value(G.out(projection)).shape[-1]:
+                return call.outputs[0], call.outputs[1]
+    return None
 
 
 def _within(scope: str, path: str) -> bool:
@@ -142,20 +165,50 @@ def expression(mlp: Mlp, x: str) -> str:
 
 def weight_rows(mlp: Mlp, weights: dict[str, str], hf, keras: str, shapes) -> list[WeightRow]:
     rows = []
+    linear = mlp.weight_layout is WeightLayout.LINEAR
     for role, path in weights.items():
         name = hf(path)
         shape = tuple(shapes[f"{name}.weight"])
-        linear = mlp.weight_layout is WeightLayout.LINEAR
-        rows.append(
-            WeightRow(
-                f"{name}.weight",
-                shape,
-                f"{keras}/{LAYERS[role]}/kernel",
-                shape[::-1] if linear else shape,
-                ({"op": "transpose"},) if linear else (),
+        for part, split in _parts(role, shape, linear, mlp.intermediate_dim):
+            out = shape if split is None else _halved(shape, split["axis"])
+            rows.append(
+                WeightRow(
+                    f"{name}.weight",
+                    shape,
+                    f"{keras}/{LAYERS[part]}/kernel",
+                    out[::-1] if linear else out,
+                    (*([split] if split else []), *([{"op": "transpose"}] if linear else [])),
+                )
             )
-        )
-        if mlp.bias:
-            bias = tuple(shapes[f"{name}.bias"])
-            rows.append(WeightRow(f"{name}.bias", bias, f"{keras}/{LAYERS[role]}/bias", bias, ()))
+            if mlp.bias:
+                bias = tuple(shapes[f"{name}.bias"])
+                bias_split = [{**split, "axis": 0}] if split else []
+                rows.append(
+                    WeightRow(
+                        f"{name}.bias",
+                        bias,
+                        f"{keras}/{LAYERS[part]}/bias",
+                        bias if split is None else _halved(bias, 0),
+                        tuple(bias_split),
+                    )
+                )
     return rows
+
+
+def _parts(role: str, shape, linear: bool, intermediate: int):
+    """(Keras role, split op or None) for each Keras layer one HF projection fills."""
+    if not role.startswith("gate_up:"):
+        return [(role, None)]
+    gate_half = int(role.split(":")[1])
+    axis = 0 if linear else len(shape) - 1  # Linear (out, in), Conv1D (in, out)
+    split = {"op": "split", "axis": axis, "sizes": [intermediate, intermediate]}
+    return [
+        ("gate", {**split, "index": gate_half}),
+        ("up", {**split, "index": 1 - gate_half}),
+    ]
+
+
+def _halved(shape, axis: int) -> tuple[int, ...]:
+    out = list(shape)
+    out[axis] //= 2
+    return tuple(out)
