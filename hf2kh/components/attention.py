@@ -10,6 +10,7 @@ Emitted as the package's attention layer (`<name>_attention.py`) with a key/valu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from hf2kh.components import norm as norm_component
@@ -172,12 +173,14 @@ def _fused(G: GraphView, attn: str, calls, fused: str, hidden_dim: int):
         ),
         None,
     )
+    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
+    operands = (matmuls[0].inputs[-2], matmuls[0].inputs[-1], matmuls[-1].inputs[-1])
+    if split is None:
+        split = _sliced(G, calls, fused, operands)
     if split is None:
         raise UnsupportedModelError(
             f"{attn}: the fused projection {fused} is not split into q, k, v"
         )
-    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
-    operands = (matmuls[0].inputs[-2], matmuls[0].inputs[-1], matmuls[-1].inputs[-1])
     if not all(
         G.derives(operand, part) for part, operand in zip(split.outputs, operands, strict=True)
     ):
@@ -194,6 +197,21 @@ def _fused(G: GraphView, attn: str, calls, fused: str, hidden_dim: int):
         heads = total // sum(widths)
         widths = [w * heads for w in widths]
     return qkv_layout, widths, layout, bias
+
+
+def _sliced(G: GraphView, calls, fused: str, operands):
+    """Phi-3's form of a blocked split: three consecutive slices `qkv[..., a:b]` of the fused
+    output, read as one split (a `Call` whose outputs are the q, k, v parts, in that order)."""
+    total = G.g.value(G.out(fused)).shape[-1]
+    slices = [c for c in calls if c.target == "__getitem__" and c.inputs[:1] == [G.out(fused)]]
+    parts = [next((c for c in slices if G.derives(o, c.outputs[0])), None) for o in operands]
+    if None in parts or len({id(c) for c in parts}) != 3:
+        return None
+    if [c.index for c in parts] != sorted(c.index for c in parts):
+        return None  # sliced out of order: the offsets are not recorded, so not knowable here
+    if sum(G.g.value(c.outputs[0]).shape[-1] for c in parts) != total:
+        return None
+    return dataclasses.replace(parts[0], outputs=[c.outputs[0] for c in parts])
 
 
 def custom_scale(a: Attention) -> bool:
