@@ -4,7 +4,8 @@ q/k norms, rope, the score scale.
 Recognized from the recorded dataflow of eager attention: the score matmul's operands are the
 query and the key, the mixing matmul's second operand is the value; a projection is q, k or v by
 which operand it feeds, the output projection is the one reading the mix. Head counts come from
-shapes, the scale from the module's `scaling`, q/k norms from the norm children feeding q and k.
+shapes, the scale from the constants on the score path (and a softcap there, `softcap`), q/k
+norms from the norm children feeding q and k.
 Emitted as the package's attention layer (`<name>_attention.py`) with a key/value cache.
 """
 
@@ -14,6 +15,7 @@ import dataclasses
 import math
 
 from hf2kh.components import norm as norm_component
+from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, check_output_is, explain_ops
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.weight_map import WeightRow
@@ -35,7 +37,11 @@ OPS = PASSTHROUGH | {
     "getitem",
     "tensor",
     "type",
+    "where",
 }
+
+# The constructor argument holding the score softcap, when the model has one.
+SOFTCAP_ARG = "attention_logit_softcap"
 
 # Keras layer names inside the attention layer, by role.
 LAYERS = {
@@ -111,9 +117,9 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
     check_output_is(G, attn, o[0])
     o_layout, o_bias = _projection(G, o[0], q_out)
     weights["output"] = o[0]
-    scale = node.attributes.get("scaling")
-    if scale is None:
-        raise UnsupportedModelError(f"{attn}: no attention scaling setting found")
+    # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
+    own = [c for c in calls if not any(_within(c.scope, child) for child in node.children)]
+    scale, softcap, explained = _scores(G, attn, own, scores)
     qk_norm = None
     norm_children = [c for c in node.children if G.is_norm(c)]
     if norm_children:
@@ -132,9 +138,7 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
             raise UnsupportedModelError(f"{attn}: q and k norms differ")
         weights["query_norm"], weights["key_norm"] = q_norms[0], k_norms[0]
         evidence.append(f"q/k norm per head: {norm_component.describe(qk_norm)}")
-    # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
-    own = [c for c in calls if not any(_within(c.scope, child) for child in node.children)]
-    explain_ops(attn, own, OPS)
+    explain_ops(attn, [c for c in own if c not in explained], OPS)
     spec = Attention(
         num_query_heads=q_heads,
         num_key_value_heads=k_heads,
@@ -149,12 +153,54 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
         output_weight_layout=o_layout,
         rope=rope,
         qk_norm=qk_norm,
+        softcap=softcap,
     )
     evidence.append(
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
-        f"scale {float(scale):.6g}"
+        f"scale {float(scale):.6g} (constants on the score path)"
+        + (f", scores softcapped at {softcap:g}" if softcap else "")
     )
     return spec, {role: path for role, path in weights.items()}
+
+
+def _scores(G: GraphView, attn: str, own, scores) -> tuple[float, float | None, list]:
+    """(scale, softcap, the calls they explain) from the attention's own calls: constant
+    `mul`/`div` on the query or key path into the score matmul and on the path from it to the
+    softmax (none: scale 1.0, as in GPT-Neo), and a softcap on the latter."""
+    softmax = next(c for c in own if c.target == "softmax" and c.index > scores.index)
+    made = scores.outputs[0]
+    chain = [
+        c
+        for c in own
+        if scores.index < c.index < softmax.index
+        and c.outputs
+        and G.derives(c.outputs[0], made)
+        and G.derives(softmax.inputs[0], c.outputs[0])
+    ]
+    softcap, capped = softcap_component.find(attn, chain)
+    tanh_at = next((c.index for c in capped), softmax.index)
+    operands = scores.inputs[-2:]
+    feeding = [
+        c
+        for c in own
+        if c.index < scores.index
+        and c.outputs
+        and softcap_component.constant(c) is not None
+        and any(G.derives(v, c.outputs[0]) for v in operands)
+    ]
+    scale, explained = 1.0, [*capped]
+    for c in [*feeding, *chain]:
+        if c in capped or c.kind != "function":
+            continue
+        factor = softcap_component.constant(c)
+        if factor is not None and c.index < tanh_at:
+            scale = scale * factor if c.target in ("mul", "__mul__") else scale / factor
+            explained.append(c)
+        elif factor is not None or c.target in ("mul", "div", "__mul__", "__truediv__"):
+            raise UnsupportedModelError(
+                f"{attn}: `{c.target}` on the attention scores is not explained"
+            )
+    return scale, softcap, explained
 
 
 def _within(scope: str, path: str) -> bool:
@@ -236,6 +282,8 @@ def args(a: Attention) -> list[Arg]:
                 "float. Multiplies the attention scores (not head_dim**-0.5 here).",
             )
         )
+    if a.softcap is not None:
+        found += softcap_component.args(a.softcap, SOFTCAP_ARG, "Attention scores")
     if a.qk_norm is not None:
         found.append(
             Arg(

@@ -1,53 +1,83 @@
 """Rotary position embedding (`rotate_half` layout; plain, linear or Llama 3 scaling; partial).
 
-Recognized by running a fresh CPU copy of the model's rotary module and matching its cos table
-against candidate references built from the config's rope parameters; emitted as the package's
-rotary layer.
+Recognized per block from the cos table the block receives in a CPU run of the stem
+(`probes.run_stem`), matched against candidate references built from the config's rope
+parameters (each theta, one per layer type in Gemma 3); emitted as the package's rotary layer.
 """
 
 from __future__ import annotations
 
 from hf2kh.components.base import Arg
+from hf2kh.errors import UnsupportedModelError
 from hf2kh.ir import Rope, RopeScaling
 from hf2kh.recognize import probes
-from hf2kh.recognize.graph_view import GraphView
 
 
-def recognize(G: GraphView, rotary: str, config, head_dim: int) -> Rope:
-    observed = probes.probe_rope(G.submodule(rotary), config, head_dim)
-    rotary_dim = observed.shape[-1]
+def _parameter_sets(config) -> list[dict]:
+    """The config's rope parameter dicts: one, or one per layer type (Gemma 3)."""
     params = getattr(config, "rope_parameters", None) or {}
-    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-    candidates: dict[str, dict | None] = {"none": None}
-    factor = params.get("factor")
-    if factor:
-        candidates["linear"] = {"scaling": "linear", "factor": float(factor)}
-        if "low_freq_factor" in params:
-            candidates["llama3"] = {
-                "scaling": "llama3",
-                "factor": float(factor),
-                "low_freq_factor": float(params["low_freq_factor"]),
-                "high_freq_factor": float(params["high_freq_factor"]),
-                "original_max_position_embeddings": int(params["original_max_position_embeddings"]),
-            }
-    chosen = probes.pick(
-        f"rotary embedding {type(G.submodule(rotary)).__name__}",
-        observed,
-        {
-            k: (lambda s=s: probes.rope_cos(theta, rotary_dim, observed.shape[0], s))
-            for k, s in candidates.items()
-        },
-    )
-    scaling = candidates[chosen] or {}
-    return Rope(
-        theta=theta,
-        rotary_dim=rotary_dim,
-        scaling=RopeScaling(chosen),
-        factor=scaling.get("factor", 1.0),
-        low_freq_factor=scaling.get("low_freq_factor", 1.0),
-        high_freq_factor=scaling.get("high_freq_factor", 4.0),
-        original_max_position_embeddings=scaling.get("original_max_position_embeddings", 8192),
-    )
+    nested = [v for v in params.values() if isinstance(v, dict)]
+    found = nested or [params]
+    if not any("rope_theta" in p for p in found):
+        found = [{**found[0], "rope_theta": getattr(config, "rope_theta", 10000.0)}]
+    return found
+
+
+def recognize_table(what: str, tables, config) -> Rope:
+    """The rope whose cos table is one of `tables` ((positions, rotary_dim) tensors), among the
+    candidates the config's rope parameters give (each theta; plain, linear or Llama 3)."""
+    for observed in tables:
+        rotary_dim = observed.shape[-1]
+        candidates: dict[str, dict] = {}
+        for params in _parameter_sets(config):
+            theta = float(params.get("rope_theta", 10000.0))
+            candidates[f"none|{theta}"] = {"theta": theta}
+            factor = params.get("factor")
+            if factor:
+                candidates[f"linear|{theta}"] = {
+                    "theta": theta,
+                    "scaling": "linear",
+                    "factor": float(factor),
+                }
+                if "low_freq_factor" in params:
+                    candidates[f"llama3|{theta}"] = {
+                        "theta": theta,
+                        "scaling": "llama3",
+                        "factor": float(factor),
+                        "low_freq_factor": float(params["low_freq_factor"]),
+                        "high_freq_factor": float(params["high_freq_factor"]),
+                        "original_max_position_embeddings": int(
+                            params["original_max_position_embeddings"]
+                        ),
+                    }
+        refs = {
+            k: (
+                lambda c=c, d=rotary_dim, n=observed.shape[0]: probes.rope_cos(
+                    c["theta"],
+                    d,
+                    n,
+                    {x: y for x, y in c.items() if x != "theta"} or None,
+                )
+            )
+            for k, c in candidates.items()
+        }
+        try:
+            chosen = probes.pick(what, observed, refs)
+        except UnsupportedModelError:
+            if observed is tables[-1]:
+                raise
+            continue
+        found = candidates[chosen]
+        return Rope(
+            theta=found["theta"],
+            rotary_dim=rotary_dim,
+            scaling=RopeScaling(chosen.split("|")[0]),
+            factor=found.get("factor", 1.0),
+            low_freq_factor=found.get("low_freq_factor", 1.0),
+            high_freq_factor=found.get("high_freq_factor", 4.0),
+            original_max_position_embeddings=found.get("original_max_position_embeddings", 8192),
+        )
+    raise UnsupportedModelError(f"{what}: no rotary table found")
 
 
 def describe(rope: Rope, head_dim: int) -> str:

@@ -7,6 +7,7 @@ not in template conditionals.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -15,6 +16,7 @@ from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
+from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, merge_args
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.block_code import BlockCode
@@ -29,7 +31,10 @@ class Context:
     num_params: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.ir.block_types) != 1:
+        # Block types that differ only in constructor values (Gemma 3's rope theta per layer
+        # type) are one block class, each layer built with its own values (`per_layer_args`).
+        shapes = {_without_values(b) for b in self.ir.block_types}
+        if len(shapes) != 1:
             raise UnsupportedModelError(
                 f"{len(self.ir.block_types)} structurally different block types; "
                 "emitting more than one block class is not supported yet"
@@ -130,6 +135,15 @@ class Context:
         return attention_component.projection_args(self.attention, role)
 
     @property
+    def attention_softcap(self) -> str:
+        arg = f"self.{attention_component.SOFTCAP_ARG}"
+        return softcap_component.expression("scores", arg)
+
+    @property
+    def final_logit_softcap(self) -> str:
+        return softcap_component.expression("logits", "self.final_logit_softcap")
+
+    @property
     def attention_extra_fields(self) -> list[str]:
         base = {"num_query_heads", "num_key_value_heads", "head_dim"}
         return [a.name for a in attention_component.args(self.attention) if a.name not in base]
@@ -151,32 +165,64 @@ class Context:
 
     @property
     def sliding_window(self) -> int | None:
-        windows = {o.sliding_window for o in self.ir.layer_options}
-        if len(windows) > 1:
-            raise UnsupportedModelError("per-layer sliding windows are not emitted yet")
-        return windows.pop()
+        """The window of the windowed layers (None when no layer has one)."""
+        windows = {o.sliding_window for o in self.ir.layer_options} - {None}
+        return max(windows) if windows else None
+
+    @property
+    def per_layer_window(self) -> bool:
+        """Some layers attend to a window and others to every earlier token."""
+        return len({o.sliding_window for o in self.ir.layer_options}) > 1
+
+    def _layer_args(self, i: int) -> list[Arg]:
+        """Arguments of layer `i`'s block, in order: sizes, then each component's settings."""
+        block = self.ir.block_type(i)
+        attention = block.attention
+        norms = [c.spec for c in block.components if isinstance(c.spec, Norm)]
+        if self.ir.head.final_norm is not None:
+            norms.append(self.ir.head.final_norm)
+        mlp = next(c.spec for c in block.components if isinstance(c.spec, Mlp))
+        groups: list[list[Arg]] = [
+            [Arg("hidden_dim", self.ir.stem.hidden_dim, "int. Width of the hidden states.")],
+            mlp_component.args(mlp),
+            attention_component.args(attention),
+        ]
+        groups += [norm_component.args(n) for n in norms]
+        groups.append(rope_component.args(attention.rope) if attention.rope else [])
+        if self.sliding_window:
+            window = self.ir.layer_options[i].sliding_window
+            doc = "int. Tokens each position attends to, itself included."
+            if self.per_layer_window:
+                doc = "int or None. Tokens each position attends to, itself included (None: all)."
+            groups.append([Arg("sliding_window", window, doc)])
+        return merge_args(groups)
+
+    @cached_property
+    def per_layer_args(self) -> dict[str, list]:
+        """Block arguments whose value differs between layers: name -> value of each layer."""
+        layers = [{a.name: a.value for a in self._layer_args(i)} for i in range(self.ir.num_layers)]
+        names = [a.name for a in self.block_args]
+        if any(list(values) != names for values in layers):
+            raise UnsupportedModelError("layers of one block class take different arguments")
+        return {
+            name: [values[name] for values in layers]
+            for name in names
+            if len({repr(values[name]) for values in layers}) > 1
+        }
 
     @cached_property
     def block_args(self) -> list[Arg]:
-        """Arguments of the block class, in order: sizes, then each component's settings."""
-        groups: list[list[Arg]] = [
-            [Arg("hidden_dim", self.ir.stem.hidden_dim, "int. Width of the hidden states.")],
-            mlp_component.args(self.mlp),
-            attention_component.args(self.attention),
+        """Arguments of the block class (the values of the first layer)."""
+        return self._layer_args(0)
+
+    @property
+    def block_call_args(self) -> list[tuple[str, str]]:
+        """(argument, backbone expression) for building block `i`: a per-layer argument is the
+        backbone's list of them (`sliding_windows[i]`)."""
+        return [
+            (a.name, f"{a.name}s[i]" if a.name in self.per_layer_args else a.name)
+            for a in self.block_args
         ]
-        groups += [norm_component.args(n) for n in self.norms]
-        groups.append(self.rope_args)
-        if self.sliding_window:
-            groups.append(
-                [
-                    Arg(
-                        "sliding_window",
-                        self.sliding_window,
-                        "int. Tokens each position attends to, itself included.",
-                    )
-                ]
-            )
-        return merge_args(groups)
 
     @property
     def block_fields(self) -> list[str]:
@@ -193,8 +239,14 @@ class Context:
         args = [
             Arg("vocabulary_size", stem.vocab_size, "int. Size of the token vocabulary."),
             Arg("num_layers", self.ir.num_layers, "int. Number of decoder blocks."),
-            *self.block_args,
         ]
+        for arg in self.block_args:
+            values = self.per_layer_args.get(arg.name)
+            if values is None:
+                args.append(arg)
+            else:
+                _, _, doc = arg.doc.partition(". ")
+                args.append(Arg(f"{arg.name}s", values, f"list, one per layer. {doc}"))
         if stem.hf_embedding_projection is not None:
             args.append(
                 Arg(
@@ -220,6 +272,8 @@ class Context:
                     "float. Multiplies the token embeddings.",
                 )
             )
+        if head.softcap is not None:
+            args += softcap_component.args(head.softcap, "final_logit_softcap", "Final logits")
         args.append(
             Arg(
                 "tie_word_embeddings",
@@ -300,4 +354,24 @@ class Context:
             config["max_sequence_length"] = min(config["max_sequence_length"], 64)
         if config.get("sliding_window"):
             config["sliding_window"] = min(config["sliding_window"], 4)
+        for name in self.per_layer_args:
+            # two layers: the first layer's value and the first that differs from it
+            values = config.pop(f"{name}s")
+            other = next(v for v in values if repr(v) != repr(values[0]))
+            values = [values[0], other]
+            if name == "sliding_window":
+                values = [min(v, 4) if v else v for v in values]
+            config[f"{name}s"] = values
         return config
+
+
+def _without_values(block):
+    """`block` with the values a constructor argument carries blanked (rope parameters), so block
+    types that differ only in them compare equal."""
+    components = []
+    for c in block.components:
+        spec = c.spec
+        if isinstance(spec, Attention) and spec.rope is not None:
+            spec = dataclasses.replace(spec, rope=dataclasses.replace(spec.rope, theta=0.0))
+        components.append(dataclasses.replace(c, spec=spec))
+    return dataclasses.replace(block, components=tuple(components))

@@ -91,6 +91,7 @@ class Attention:
     rope: Rope | None = None
     qk_norm: Norm | None = None
     causal: bool = True
+    softcap: float | None = None  # scores become `softcap * tanh(scores / softcap)` (Gemma 2)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class Head:
     hf_final_norm: str | None = None
     # Final hidden states projected down to the embedding width (OPT-350m's `project_out`).
     hf_output_projection: str | None = None
+    softcap: float | None = None  # logits become `softcap * tanh(logits / softcap)`
 
 
 @dataclass(frozen=True)

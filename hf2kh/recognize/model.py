@@ -15,11 +15,13 @@ import torch
 
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
+from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import explain_ops
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, first_call
 from hf2kh.inspect.graph import LayerGraph
 from hf2kh.ir import BlockType, Head, LayerOptions, ModelIR, Positions, Stem
+from hf2kh.recognize import layers as layers_probe
 from hf2kh.recognize import probes
 from hf2kh.recognize.block import recognize_block
 from hf2kh.recognize.graph_view import GraphView
@@ -87,36 +89,12 @@ def recognize_model(
         for p in stem_modules
         if not G.subtree_params(p)
         and not G.own_params(p)
-        and set(first_call(graph, p).outputs) & set(block_call.inputs[1:])
+        and any(
+            set(graph.calls[k].outputs) & set(first_call(graph, b).inputs[1:])
+            for k in graph.module(p).calls
+            for b in blocks
+        )
     ]
-    rope = None
-    if rotary:
-        head_dim = _head_dim_hint(G, block0)
-        rope = rope_component.recognize(G, rotary[0], config, head_dim)
-
-    # -- blocks: a few block types and the type of each layer ----------------------------------
-    block_types: list[BlockType] = []
-    layers: list[int] = []
-    first_of_variant = {v.indices[0]: v for v in group.variants}
-    type_of_variant: dict[int, int] = {}
-    for variant_start, variant in first_of_variant.items():
-        block = recognize_block(G, f"{group.container}.{variant_start}", hidden_dim, rope, evidence)
-        if block not in block_types:
-            block_types.append(block)
-        for i in variant.indices:
-            type_of_variant[i] = block_types.index(block)
-    layers = [type_of_variant[i] for i in group.indices]
-    evidence.append(
-        f"{len(blocks)} blocks {group.container}.N ({group.class_name}), "
-        f"{len(block_types)} block type(s)"
-    )
-    for k, block in enumerate(block_types):
-        evidence.append(f"block type {k}: " + "; ".join(_step_text(s) for s in block.steps))
-    attention = block_types[0].attention
-    if rope is not None:
-        evidence.append(rope_component.describe(rope, attention.head_dim))
-
-    # -- final norm and head -----------------------------------------------------------------
     after = [c for c in graph.calls if c.index > last_block_call.index]
     after = [c for c in after if c.scope != blocks[-1] and not c.scope.startswith(f"{blocks[-1]}.")]
     after_modules = [c for c in after if c.kind == "module"]
@@ -130,6 +108,58 @@ def recognize_model(
     )
     if head is None:
         raise UnsupportedModelError("no language-model head producing vocabulary logits")
+
+    # -- what each block receives: masks, rotary tables (a CPU run of the stem) -----------------
+    windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
+    length = min(max([64, *(2 * w + 1 for w in windows)]), 8193)
+    stem = probes.run_stem(
+        model,
+        embed,
+        positions[0] if positions else None,
+        block0,
+        (group.container, head),
+        length,
+        projection=embedding_projection,
+        blocks=tuple(blocks),
+    )
+
+    # -- blocks: a few block types and the type of each layer ----------------------------------
+    block_types: list[BlockType] = []
+    layers: list[int] = []
+    first_of_variant = {v.indices[0]: v for v in group.variants}
+    type_of_variant: dict[int, int] = {}
+    rope = None
+    window_of: dict[int, int | None] = {}
+    for variant_start, variant in first_of_variant.items():
+        path = f"{group.container}.{variant_start}"
+        if rotary:
+            rope = rope_component.recognize_table(
+                f"the rotary tables {path} receives",
+                layers_probe.rotary_tables(stem["inputs"][path], length),
+                config,
+            )
+        window = layers_probe.attention_window(model, path, stem["inputs"][path], length)
+        for i in variant.indices:
+            window_of[i] = window
+        if window is not None:
+            evidence.append(f"{path}: attends to a sliding window of {window} tokens (probed)")
+        block = recognize_block(G, path, hidden_dim, rope, evidence)
+        if block not in block_types:
+            block_types.append(block)
+        for i in variant.indices:
+            type_of_variant[i] = block_types.index(block)
+    layers = [type_of_variant[i] for i in group.indices]
+    evidence.append(
+        f"{len(blocks)} blocks {group.container}.N ({group.class_name}), "
+        f"{len(block_types)} block type(s)"
+    )
+    for k, block in enumerate(block_types):
+        evidence.append(f"block type {k}: " + "; ".join(_step_text(s) for s in block.steps))
+    for block in block_types:
+        if block.attention.rope is not None:
+            evidence.append(rope_component.describe(block.attention.rope, block.attention.head_dim))
+
+    # -- final norm and head -----------------------------------------------------------------
     output_projection = None
     if hidden_dim != embedding_dim:
         output_projection = _projection_between(
@@ -145,11 +175,17 @@ def recognize_model(
         final_norm = norm_component.recognize(G, final_norm_path, hidden_dim)
         evidence.append(f"final norm {final_norm_path}: {norm_component.describe(final_norm)}")
     inside = [final_norm_path, output_projection, head]
-    explain_ops(
-        "the head",
-        [c for c in after if c.scope == "" or not any(p and c.scope.startswith(p) for p in inside)],
-        HEAD_OPS,
-    )
+    own = [
+        c for c in after if c.scope == "" or not any(p and c.scope.startswith(p) for p in inside)
+    ]
+    logits = first_call(graph, head).outputs[0]
+    chain = [
+        c for c in own if c.kind == "function" and c.outputs and G.derives(c.outputs[0], logits)
+    ]
+    logit_softcap, capped = softcap_component.find("the head", chain)
+    if logit_softcap is not None:
+        evidence.append(f"final logits softcapped at {logit_softcap:g}")
+    explain_ops("the head", [c for c in own if c not in capped], HEAD_OPS)
     tied_names = {t.name: t.target for t in graph.tied}
     tied = tied_names.get(f"{head}.weight") == f"{embed}.weight"
     head_bias = "bias" in G.own_params(head)
@@ -165,24 +201,10 @@ def recognize_model(
         evidence.append(f"learned positions: {positions[0]} ({max_positions} rows)")
     elif rope is None:
         raise UnsupportedModelError("no position information found (no rope, no learned positions)")
-    windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
-    length = min(max([32, *(2 * w + 1 for w in windows)]), 8193)
-    stem = probes.run_stem(
-        model,
-        embed,
-        positions[0] if positions else None,
-        block0,
-        (group.container, head),
-        length,
-        projection=embedding_projection,
-    )
     scale = _embedding_scale(stem)
     offset = _position_offset(stem) if positions else 0
     if offset:
         evidence.append(f"learned positions start at row {offset} of the table")
-    window = probes.mask_window(stem["mask"]) if "mask" in stem else None
-    if window is not None:
-        evidence.append(f"attention mask: causal with a sliding window of {window} tokens")
     if scale is not None:
         evidence.append(f"token embeddings are scaled by {scale:.6g} before the first block")
 
@@ -207,7 +229,7 @@ def recognize_model(
         ),
         block_types=tuple(block_types),
         layers=tuple(layers),
-        layer_options=tuple(LayerOptions(sliding_window=window) for _ in layers),
+        layer_options=tuple(LayerOptions(sliding_window=window_of[i]) for i in group.indices),
         head=Head(
             hf_head=head,
             tied=tied,
@@ -215,6 +237,7 @@ def recognize_model(
             final_norm=final_norm,
             hf_final_norm=final_norm_path,
             hf_output_projection=output_projection,
+            softcap=logit_softcap,
         ),
         bos_token_id=_token_id(config, "bos_token_id"),
         eos_token_id=_token_id(config, "eos_token_id"),
@@ -245,19 +268,6 @@ def _step_text(step) -> str:
     if hasattr(step, "component"):
         return f"{step.out} = {step.component}({', '.join(step.inputs)})"
     return f"{step.out} = {' + '.join(step.inputs)}"
-
-
-def _head_dim_hint(G: GraphView, block0: str) -> int:
-    """head_dim from the score matmul's query operand in the first block."""
-    from hf2kh.components.attention import is_attention
-
-    for child in G.g.module(block0).children:
-        if is_attention(G, child):
-            matmul = next(
-                c for c in G.calls_within(child) if c.target in ("matmul", "bmm", "einsum")
-            )
-            return G.g.value(matmul.inputs[-2]).shape[-1]
-    raise UnsupportedModelError(f"no child of {block0} computes a softmax attention")
 
 
 def _token_id(config, key: str) -> int | None:

@@ -11,9 +11,9 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.utils._pytree import tree_map_only
 
 from hf2kh.errors import UnsupportedModelError
-from hf2kh.inspect.record import flatten_tensors
 
 ProbeTolerance = 1e-5
 
@@ -111,16 +111,6 @@ def probe_projection(module: torch.nn.Module, in_features: int) -> tuple[str, bo
     return layout, b is not None
 
 
-def probe_rope(rotary: torch.nn.Module, config, head_dim: int, positions: int = 64):
-    """HF's cos table for `positions`, computed by a fresh CPU instance of the rotary module."""
-    fresh = type(rotary)(config=config)
-    x = torch.zeros(1, positions, head_dim)
-    pos = torch.arange(positions)[None]
-    with torch.no_grad():
-        cos, _ = fresh(x, pos)
-    return cos[0]
-
-
 def rope_cos(theta: float, rotary_dim: int, positions: int, scaling: dict | None) -> torch.Tensor:
     """cos table of the candidate rope (`rotate_half` layout) in HF's float32 arithmetic."""
     inv_freq = 1.0 / (
@@ -161,18 +151,23 @@ def run_stem(
     skip: tuple[str, ...],
     length: int = 64,
     projection: str | None = None,
-) -> dict[str, torch.Tensor]:
+    blocks: tuple[str, ...] = (),
+) -> dict:
     """Run the model's code before its first block on the CPU, with random stem weights.
 
     Only modules outside `skip` (the block container and the head) are materialized, so this is
     cheap for a model of any size. Returns the rows of the token embedding table that were looked
-    up, the position embedding output (if any), the projected embeddings (if `projection`), the
-    first block's input and the attention mask it receives (if any), for a batch of `length`
-    tokens.
+    up, the position embedding output (if any), the projected embeddings (if `projection`) and
+    the first block's input, for a batch of `length` tokens. With `blocks` (every block's path, in
+    order), the forward runs on to the last of them, each block passing its input through
+    (`_record_inputs`), and `inputs` holds the arguments each block received (masks, rotary
+    tables) under its path.
     """
     stem = copy.deepcopy(model)
     _materialize_outside(stem, skip)
-    captured: dict[str, torch.Tensor] = {}
+    captured: dict = {"inputs": {}}
+    for path in blocks:
+        _record_inputs(stem.get_submodule(path), path, captured["inputs"], last=path == blocks[-1])
 
     def keep(key):
         def hook(module, args, output):
@@ -180,12 +175,12 @@ def run_stem(
 
         return hook
 
-    def stop(module, args, kwargs):
+    def keep_input(module, args, kwargs):
         hidden = args[0] if args else kwargs.get("hidden_states")
         captured["block"] = hidden.detach().clone()
-        for t in flatten_tensors((args[1:], kwargs)):
-            if t.ndim == 4 and t.shape[-1] == t.shape[-2] == length:
-                captured["mask"] = t.detach().clone()
+
+    def stop(module, args, kwargs):
+        keep_input(module, args, kwargs)
         raise _Stop
 
     table = stem.get_submodule(embed).weight
@@ -195,13 +190,18 @@ def run_stem(
         captured["position_table"] = stem.get_submodule(position).weight.detach().clone()
     if projection is not None:
         handles.append(stem.get_submodule(projection).register_forward_hook(keep("projected")))
-    handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
+    if not blocks:
+        handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
+    else:
+        handles.append(
+            stem.get_submodule(block0).register_forward_pre_hook(keep_input, with_kwargs=True)
+        )
     vocab = stem.get_submodule(embed).weight.shape[0]
     ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(3))
     captured["embed"] = table.detach()[ids].clone()
     try:
         with torch.no_grad():
-            stem(input_ids=ids, attention_mask=torch.ones_like(ids))
+            stem(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     except _Stop:
         pass
     finally:
@@ -210,6 +210,40 @@ def run_stem(
     if "block" not in captured:
         raise UnsupportedModelError(f"the forward never reached {block0}")
     return captured
+
+
+def _record_inputs(block: torch.nn.Module, path: str, store: dict, last: bool) -> None:
+    """Replace `block.forward` (on the stem copy) by a recorder: it keeps the block's arguments
+    and returns what the block would, shaped by a run on the meta device, with the input hidden
+    states passed through (and zeros for any other tensor). The last block stops the forward."""
+    forward = block.forward
+
+    def to_meta(t: torch.Tensor) -> torch.Tensor:
+        return t.to("meta")
+
+    def record(*args, **kwargs):
+        store[path] = (
+            tree_map_only(torch.Tensor, lambda t: t.detach().clone(), args),
+            tree_map_only(torch.Tensor, lambda t: t.detach().clone(), kwargs),
+        )
+        if last:
+            raise _Stop
+        hidden = args[0] if args else kwargs["hidden_states"]
+        shaped = forward(
+            *tree_map_only(torch.Tensor, to_meta, args),
+            **tree_map_only(torch.Tensor, to_meta, kwargs),
+        )
+        passed = []
+
+        def fill(t: torch.Tensor) -> torch.Tensor:
+            if not passed and t.shape == hidden.shape:
+                passed.append(t)
+                return hidden
+            return torch.zeros(t.shape, dtype=t.dtype)
+
+        return tree_map_only(torch.Tensor, fill, shaped)
+
+    block.forward = record
 
 
 def _materialize_outside(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
@@ -228,20 +262,3 @@ def _materialize_outside(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
             init(module)
 
     visit(model, "")
-
-
-def mask_window(mask: torch.Tensor) -> int | None:
-    """The sliding window of a causal mask (None for plain causal); refuses other patterns."""
-    allowed = mask[0, 0] == 0 if mask.dtype != torch.bool else mask[0, 0]
-    length = allowed.shape[-1]
-    q = torch.arange(length)[:, None]
-    k = torch.arange(length)[None]
-    window = int(allowed[-1].sum())
-    expected = k <= q
-    if window < length:
-        expected = expected & (q - k < window)
-    if not torch.equal(allowed, expected):
-        raise UnsupportedModelError(
-            "the attention mask is neither causal nor a causal sliding window"
-        )
-    return window if window < length else None

@@ -1,0 +1,83 @@
+"""Per-layer settings, read from what each block receives and computes.
+
+`probes.run_stem` records the arguments every block receives (its mask, its rotary tables). A
+block's attention window is measured, not read from a setting: a CPU copy of the block with random
+weights runs on those arguments, and the gradient of one output position says which input
+positions it reads. That covers a window in the mask the model hands the block (Gemma 2, Mistral)
+and one applied inside attention (GPT-Neo's local layers) alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from hf2kh.errors import UnsupportedModelError
+
+
+def materialize_block(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """A CPU float32 copy of the block at `path`: buffers as transformers initializes them
+    (masks, rotary frequencies), parameters random (1-D near 1, matrices scaled by fan-in)."""
+    block = copy.deepcopy(model.get_submodule(path))
+    init = getattr(model, "_init_weights", None)
+    for module in block.modules():
+        module.to_empty(device="cpu", recurse=False)
+        if init is not None:
+            init(module)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in block.parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1.0 + 0.1 * noise if p.ndim == 1 else noise / math.sqrt(p.shape[-1]))
+            p.requires_grad_(False)
+    return block.float().eval()
+
+
+def _hidden_of(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def attention_window(model: torch.nn.Module, path: str, inputs, length: int) -> int | None:
+    """The sliding window of the block at `path` (None: every earlier position), measured on
+    `length` tokens with the arguments `inputs` = (args, kwargs) it received."""
+    args, kwargs = inputs
+    hidden = _hidden_of(args, kwargs)
+    block = materialize_block(model, path)
+    x = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(6)).requires_grad_()
+    if args:
+        out = block(x, *args[1:], **kwargs)
+    else:
+        out = block(*args, **{**kwargs, "hidden_states": x})
+    leaves = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    out = next(t for t in leaves if t.shape == hidden.shape)
+    reach = {}
+    for q in sorted({length - 1, length // 2}):
+        (grad,) = torch.autograd.grad(out[:, q].sum(), x, retain_graph=True)
+        keys = (grad.abs().sum(dim=(0, 2)) != 0).nonzero().flatten().tolist()
+        if not keys or keys != list(range(keys[0], q + 1)):
+            raise UnsupportedModelError(
+                f"{path}: position {q} reads positions {keys[:3]}...{keys[-3:]}, neither all "
+                "earlier ones nor a sliding window"
+            )
+        reach[q] = q + 1 - keys[0]
+    window = reach[length - 1]
+    if any(r != min(window, q + 1) for q, r in reach.items()):
+        raise UnsupportedModelError(f"{path}: the positions it reads are not one sliding window")
+    return None if window >= length else window
+
+
+def rotary_tables(inputs, length: int) -> list[torch.Tensor]:
+    """The (positions, width) tensors a block receives besides its hidden states (cos, sin)."""
+    args, kwargs = inputs
+    rest = [*args[1:], *(v for k, v in kwargs.items() if k != "hidden_states")]
+    return [
+        t.reshape(-1, length, t.shape[-1])[0]
+        for t in tree_flatten(rest)[0]
+        if isinstance(t, torch.Tensor)
+        and t.ndim in (2, 3)
+        and t.shape[-2] == length
+        and t.is_floating_point()
+    ]
