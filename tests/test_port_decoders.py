@@ -28,39 +28,12 @@ from hf2kh.generate.render import RUFF_SETTINGS
 from hf2kh.port import import_generated
 from tests.fixtures.cli import AWKWARD_DIR, run_cli
 from tests.fixtures.factory import FIXTURES
+from tests.fixtures.outcomes import KNOWN_BUGS, OUTCOMES, VERIFIED
 
-VERIFIED = "verified"
-
-# What `hf2kh port --verify` does with each fixture: VERIFIED, or a text its one-line refusal must
-# contain. When a family starts to port, change its entry to VERIFIED.
-OUTCOMES: dict[str, str] = {
-    "llama": VERIFIED,
-    "llama_tied": VERIFIED,
-    "llama3": VERIFIED,
-    "llama_bias": VERIFIED,
-    "mistral": VERIFIED,
-    "qwen2": VERIFIED,
-    "qwen3": VERIFIED,
-    "gemma": VERIFIED,
-    "gpt2": VERIFIED,
-    "gpt_neox": VERIFIED,
-    "opt": VERIFIED,
-    "phi": VERIFIED,
-    "opt_350m_style": VERIFIED,
-    "gpt_neo": "transformer.h.0.attn.attention: no attention scaling setting found",
-    "falcon": "transformer.h.0.self_attention: cannot tell the output projection",
-    "bloom": "the fused projection transformer.h.0.self_attention.query_key_value is not split "
-    "into q, k, v",
-    "bert": "bert.encoder.layer.0.attention: cannot tell the output projection",
-    "bert_cls": "bert.encoder.layer.0.attention: cannot tell the output projection",
-    "roberta": "roberta.encoder.layer.0.attention: cannot tell the output projection",
-    "distilbert": "op `linear` in vocab_transform is not explained by any recognized component",
-    "electra": "the embedding width differs from the blocks' and no single projection of shape "
-    "(32, 16) explains it",
-}
-# Known bugs: fixture -> what goes wrong today. Their outcome tests are expected to fail (strict:
-# a fix makes them fail until the entry is removed here).
-KNOWN_BUGS: dict[str, str] = {}
+DECODERS = [name for name, outcome in OUTCOMES.items() if outcome == VERIFIED]
+# The verified ports that work today: the ones the independent checks below run on.
+WORKING = [name for name in DECODERS if name not in KNOWN_BUGS]
+SUBPROCESS_TIMEOUT = 600
 
 
 def _cases(names):
@@ -70,12 +43,6 @@ def _cases(names):
         else n
         for n in names
     ]
-
-
-DECODERS = [name for name, outcome in OUTCOMES.items() if outcome == VERIFIED]
-# The verified ports that work today: the ones the independent checks below run on.
-WORKING = [name for name in DECODERS if name not in KNOWN_BUGS]
-SUBPROCESS_TIMEOUT = 600
 
 
 def test_outcomes_cover_every_fixture():
