@@ -7,6 +7,7 @@ the candidates); emitted as `keras.layers.LayerNormalization` or the package's R
 from __future__ import annotations
 
 from hf2kh.components.base import Arg
+from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.weight_map import WeightRow
 from hf2kh.ir import Norm, NormKind
 from hf2kh.recognize import probes
@@ -24,7 +25,10 @@ def epsilons(G: GraphView, path: str) -> list[float]:
 
 def recognize(G: GraphView, path: str, width: int) -> Norm:
     kind, eps, offset = probes.probe_norm(G.submodule(path), width, epsilons(G, path))
-    return Norm(NormKind(kind), eps, offset, bias="bias" in G.own_params(path))
+    own = G.own_params(path)
+    if "weight" not in own and NormKind(kind) is NormKind.RMS:
+        raise UnsupportedModelError(f"{path}: an RMS norm without a weight is not supported yet")
+    return Norm(NormKind(kind), eps, offset, bias="bias" in own, scale="weight" in own)
 
 
 def describe(norm: Norm) -> str:
@@ -32,6 +36,7 @@ def describe(norm: Norm) -> str:
         form = "RMSNorm (1 + w)" if norm.scale_offset else "RMSNorm"
     else:
         form = "LayerNorm" + ("" if norm.bias else " without bias")
+        form += "" if norm.scale else " or weight"
     return f"{form}, eps {norm.epsilon:g}"
 
 
@@ -43,8 +48,9 @@ def layer_code(norm: Norm, prefix: str, epsilon: str, name: str, dtype: str) -> 
     """The constructor expression of a norm layer named `name`."""
     if norm.kind is NormKind.RMS:
         return f'{rms_class(prefix)}(epsilon={epsilon}, dtype={dtype}, name="{name}")'
+    scale = "" if norm.scale else ", scale=False"
     return (
-        f"keras.layers.LayerNormalization(epsilon={epsilon}, center={norm.bias}, "
+        f"keras.layers.LayerNormalization(epsilon={epsilon}, center={norm.bias}{scale}, "
         f'dtype={dtype}, name="{name}")'
     )
 
@@ -58,7 +64,7 @@ def variables(norm: Norm) -> dict[str, str]:
     """HF parameter name -> Keras variable name."""
     if norm.kind is NormKind.RMS:
         return {"weight": "scale"}
-    names = {"weight": "gamma"}
+    names = {"weight": "gamma"} if norm.scale else {}
     if norm.bias:
         names["bias"] = "beta"
     return names

@@ -43,6 +43,9 @@ class QkvLayout(enum.Enum):
     SEPARATE = "separate"
     BLOCKED = "blocked"  # [q | k | v]
     PER_HEAD = "per_head"  # [q_h | k_h | v_h] for each head h
+    # [q_g1 .. q_gQ | k_g | v_g] for each key/value head g and its Q query heads (Falcon's new
+    # decoder architecture); BLOCKED and PER_HEAD are its one-group and one-query-head cases
+    GROUPED = "grouped"
 
 
 class RopeScaling(enum.Enum):
@@ -62,6 +65,7 @@ class Norm:
     epsilon: float
     scale_offset: float = 0.0  # 1.0 for the Gemma form `x * (1 + w)`
     bias: bool = False
+    scale: bool = True  # False: no learned weight (OLMo's non-affine LayerNorm)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,14 @@ class Rope:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class Alibi:
+    """ALiBi (Press et al., 2021): head h adds `slope_h * (key - query)` to its scores, the slopes
+    a geometric sequence set by the head count (`hf2kh.components.alibi.slopes`)."""
+
+    max_bias: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class Attention:
     qk_norm: Norm | None = None
     causal: bool = True
     softcap: float | None = None  # scores become `softcap * tanh(scores / softcap)` (Gemma 2)
+    alibi: Alibi | None = None  # a linear position bias on the scores instead of rope
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,9 @@ class Stem:
     max_positions: int | None = None
     position_offset: int = 0  # rows skipped at the start of the table (OPT: 2)
     embedding_scale: float | None = None
+    # A norm of the (scaled, projected, position-summed) embeddings before the first block (BLOOM).
+    embedding_norm: Norm | None = None
+    hf_embedding_norm: str | None = None
     # Token embeddings narrower than the blocks, projected up (OPT-350m's `project_in`).
     embedding_dim: int | None = None
     hf_embedding_projection: str | None = None

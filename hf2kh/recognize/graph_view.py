@@ -29,8 +29,12 @@ class GraphView:
         return calls_within(self.g, path)
 
     def is_norm(self, path: str) -> bool:
+        """Only vector parameters (scale, shift); or none, for a module that runs a layer norm
+        (OLMo's non-affine LayerNorm). What it computes is then probed."""
         params = self.subtree_params(path)
-        return bool(params) and all(len(s) == 1 for s in params.values())
+        if not params:
+            return any(c.target == "layer_norm" for c in self.calls_within(path))
+        return all(len(s) == 1 for s in params.values())
 
     def is_projection(self, path: str) -> bool:
         own = self.own_params(path)
