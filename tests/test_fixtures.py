@@ -105,6 +105,24 @@ def test_head_tying(name, hf_fixture):
 ROPE_SUBKEYS = ("rope_type", "rope_theta", "partial_rotary_factor")
 
 
+def _rope_ablations(value: dict):
+    """(label suffix, ablated rope_parameters) for each set sub-key of ROPE_SUBKEYS; per layer
+    type when the parameters are given per layer type (Gemma 3)."""
+    if value and all(isinstance(v, dict) for v in value.values()):
+        for layer_type, params in value.items():
+            for sub, new in _rope_ablations(params):
+                yield f"{layer_type}.{sub}", {**value, layer_type: new}
+        return
+    for sub in ROPE_SUBKEYS:
+        if sub not in value:
+            continue  # not set by the fixture: nothing to ablate (see _expected_labels)
+        if sub == "rope_type":  # back to plain rope, same theta and rotary fraction
+            keep = ("rope_theta", "partial_rotary_factor")
+            yield sub, {k: v for k, v in value.items() if k in keep}
+        else:
+            yield sub, {k: v for k, v in value.items() if k != sub}
+
+
 def _ablations(spec: FixtureSpec):
     """(label, ablated spec) per non-default value: the value removed (family default). Every
     value of `spec.config` not in NOT_ABLATED is yielded (rope_parameters as its sub-keys)."""
@@ -112,16 +130,9 @@ def _ablations(spec: FixtureSpec):
         if key in NOT_ABLATED:
             continue
         if key == "rope_parameters":
-            for sub in ROPE_SUBKEYS:
-                if sub not in value:
-                    continue  # not set by the fixture: nothing to ablate
-                if sub == "rope_type":  # back to plain rope, same theta and rotary fraction
-                    keep = ("rope_theta", "partial_rotary_factor")
-                    new = {k: v for k, v in value.items() if k in keep}
-                else:
-                    new = {k: v for k, v in value.items() if k != sub}
+            for sub, new in _rope_ablations(value):
                 config = {**spec.config, key: new}
-                yield f"rope_parameters.{sub}", dataclasses.replace(spec, config=config)
+                yield f"{key}.{sub}", dataclasses.replace(spec, config=config)
         elif key in NEUTRAL:
             config = {**spec.config, key: NEUTRAL[key]}
             yield key, dataclasses.replace(spec, config=config)
@@ -132,11 +143,15 @@ def _ablations(spec: FixtureSpec):
 
 def _expected_labels(spec: FixtureSpec) -> set[str]:
     """What `_ablations` must probe, stated independently: every key of the fixture's config
-    except NOT_ABLATED, with rope_parameters' sub-keys that are set."""
+    except NOT_ABLATED, with the rope sub-keys that are set (per layer type where given so)."""
     labels = set()
     for key, value in spec.config.items():
         if key == "rope_parameters":
-            labels |= {f"{key}.{sub}" for sub in ROPE_SUBKEYS if sub in value}
+            nested = all(isinstance(v, dict) for v in value.values())
+            groups = value.items() if nested else [(None, value)]
+            for layer_type, params in groups:
+                prefix = f"{key}.{layer_type}" if layer_type else key
+                labels |= {f"{prefix}.{sub}" for sub in ROPE_SUBKEYS if sub in params}
         elif key not in NOT_ABLATED:
             labels.add(key)
     return labels
@@ -199,6 +214,26 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_hidden_layers": LAYOUT,
         "num_key_value_heads": LAYOUT,
         "rope_parameters.rope_type": DEFAULT,
+    },
+    "gemma2": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "layer_types": DEFAULT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": INVALID,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "gemma3": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": INVALID,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.full_attention.rope_type": DEFAULT,
+        "rope_parameters.sliding_attention.rope_type": DEFAULT,
     },
     "gpt2": {
         "activation_function": DEFAULT,
