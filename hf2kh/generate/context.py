@@ -22,6 +22,15 @@ from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.block_code import BlockCode
 from hf2kh.ir import Attention, Mlp, ModelIR, Norm, NormKind, Positions
 
+BLOCK_SIZES = (
+    "num_query_heads",
+    "num_key_value_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "head_dim",
+    "layer_norm_epsilon",
+)
+
 
 @dataclass
 class Context:
@@ -195,7 +204,10 @@ class Context:
             if self.per_layer_window:
                 doc = "int or None. Tokens each position attends to, itself included (None: all)."
             groups.append([Arg("sliding_window", window, doc)])
-        return merge_args(groups)
+        merged = merge_args(groups)
+        # KerasHub's order for the sizes (as its Llama), then each component's settings
+        sizes = [a for name in BLOCK_SIZES for a in merged if a.name == name]
+        return sizes + [a for a in merged if a.name not in BLOCK_SIZES]
 
     @cached_property
     def per_layer_args(self) -> dict[str, list]:
