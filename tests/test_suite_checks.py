@@ -88,3 +88,12 @@ def test_no_test_skips_on_a_missing_import():
         and node.func.attr == "importorskip"
     ]
     assert not found, found
+
+
+def test_the_test_command_shows_the_slowest_tests():
+    """`python -m pytest` (README, .ci/run) prints the 20 slowest tests in every run."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(TESTS.parent / "setup.cfg")
+    assert "--durations=20" in config["tool:pytest"]["addopts"].split()
