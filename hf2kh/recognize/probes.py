@@ -260,5 +260,23 @@ def _materialize_outside(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
         init = getattr(model, "_init_weights", None)
         if init is not None:
             init(module)
+        _rebuild_buffers(module, getattr(model, "config", None))
 
     visit(model, "")
+
+
+def _rebuild_buffers(module: torch.nn.Module, config) -> None:
+    """A parameterless module with buffers (rotary frequencies) gets the buffers a fresh CPU
+    instance computes: transformers' `_init_weights` recognizes rotary modules by class name,
+    which a renamed class defeats."""
+    buffers = dict(module.named_buffers(recurse=False))
+    if not buffers or list(module.parameters(recurse=False)) or config is None:
+        return
+    try:
+        fresh = type(module)(config=config)
+    except Exception:  # noqa: BLE001 - not built from the config alone: keep the init's values
+        return
+    with torch.no_grad():
+        for name, value in fresh.named_buffers(recurse=False):
+            if name in buffers and buffers[name].shape == value.shape:
+                buffers[name].copy_(value)
