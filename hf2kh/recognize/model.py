@@ -138,12 +138,12 @@ def recognize_model(
                 layers_probe.rotary_tables(stem["inputs"][path], length),
                 config,
             )
-        block = recognize_block(G, path, hidden_dim, rope, evidence)
         window = layers_probe.attention_window(model, path, stem["inputs"][path], length)
         for i in variant.indices:
             window_of[i] = window
         if window is not None:
             evidence.append(f"{path}: attends to a sliding window of {window} tokens (probed)")
+        block = recognize_block(G, path, hidden_dim, rope, evidence)
         if block not in block_types:
             block_types.append(block)
         for i in variant.indices:
