@@ -205,6 +205,15 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "parallel_attn": DEFAULT,
         "rope_parameters.rope_type": DEFAULT,
     },
+    "falcon_new": {
+        "ffn_hidden_size": LAYOUT,
+        "hidden_size": LAYOUT,
+        "new_decoder_architecture": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "num_kv_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
     "gemma": {
         "head_dim": LAYOUT,
         "hidden_act": DEFAULT,

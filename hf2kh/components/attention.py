@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from hf2kh.components import alibi as alibi_component
+from hf2kh.components import fused_qkv
 from hf2kh.components import norm as norm_component
 from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, check_output_is, explain_ops
@@ -27,6 +29,8 @@ from hf2kh.recognize.graph_view import GraphView
 # What eager attention and the rotary code inside it may call, besides its child modules.
 OPS = PASSTHROUGH | {
     "matmul",
+    "bmm",
+    "baddbmm",
     "softmax",
     "add",
     "mul",
@@ -38,6 +42,7 @@ OPS = PASSTHROUGH | {
     "tensor",
     "type",
     "where",
+    "broadcast_to",  # k/v repeated up to the query heads (Falcon), as `expand`
 }
 
 # The constructor argument holding the score softcap, when the model has one.
@@ -66,13 +71,13 @@ def _projection(G: GraphView, path: str, width: int) -> tuple[WeightLayout, bool
 def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str]):
     """(Attention, weights: role -> HF module path) of the attention module `attn`."""
     calls = G.calls_within(attn)
-    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
+    node = G.g.module(attn)
+    matmuls = _products(G, attn, calls)
     if len(matmuls) < 2:
         raise UnsupportedModelError(f"{attn}: expected the two matmuls of eager attention")
     scores, mixes = matmuls[0], matmuls[-1]
     q_val, k_val = scores.inputs[-2], scores.inputs[-1]
     v_val = mixes.inputs[-1]
-    node = G.g.module(attn)
     projections = [c for c in node.children if G.is_projection(c)]
 
     def feeds(p: str, v: int) -> bool:
@@ -114,12 +119,15 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
     # The query operand of the score matmul is (batch, heads, length, head_dim).
     head_dim = G.g.value(q_val).shape[-1]
     q_heads, k_heads = q_out // head_dim, k_out // head_dim
-    check_output_is(G, attn, o[0])
+    check_output_is(G, attn, o[0], residual_ok=True)  # BLOOM adds the residual itself
     o_layout, o_bias = _projection(G, o[0], q_out)
     weights["output"] = o[0]
     # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
     own = [c for c in calls if not any(_within(c.scope, child) for child in node.children)]
     scale, softcap, explained = _scores(G, attn, own, scores)
+    # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
+    alibi, product = alibi_component.recognize(G, attn, evidence)
+    scale *= product.get("alpha", 1.0) if scores.target == "baddbmm" else 1.0
     qk_norm = None
     norm_children = [c for c in node.children if G.is_norm(c)]
     if norm_children:
@@ -154,6 +162,7 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
         rope=rope,
         qk_norm=qk_norm,
         softcap=softcap,
+        alibi=alibi,
     )
     evidence.append(
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
@@ -194,13 +203,25 @@ def _scores(G: GraphView, attn: str, own, scores) -> tuple[float, float | None, 
             continue
         factor = softcap_component.constant(c)
         if factor is not None and c.index < tanh_at:
-            scale = scale * factor if c.target in ("mul", "__mul__") else scale / factor
+            scale = scale * factor if c.target in softcap_component.MULS else scale / factor
             explained.append(c)
-        elif factor is not None or c.target in ("mul", "div", "__mul__", "__truediv__"):
+        elif factor is not None or c.target in softcap_component.MULS | softcap_component.DIVS:
             raise UnsupportedModelError(
                 f"{attn}: `{c.target}` on the attention scores is not explained"
             )
     return scale, softcap, explained
+
+
+def _products(G: GraphView, attn: str, calls):
+    """The matrix products of the attention (scores, mix), not those inside its projections
+    (Falcon's `FalconLinear` multiplies with `@`)."""
+    projections = [c for c in G.g.module(attn).children if G.is_projection(c)]
+    return [
+        c
+        for c in calls
+        if c.target in ("matmul", "bmm", "baddbmm", "einsum")
+        and not any(_within(c.scope, p) for p in projections)
+    ]
 
 
 def _within(scope: str, path: str) -> bool:
@@ -219,14 +240,14 @@ def _fused(G: GraphView, attn: str, calls, fused: str, hidden_dim: int):
         ),
         None,
     )
-    matmuls = [c for c in calls if c.target in ("matmul", "bmm", "baddbmm", "einsum")]
+    matmuls = _products(G, attn, calls)
     operands = (matmuls[0].inputs[-2], matmuls[0].inputs[-1], matmuls[-1].inputs[-1])
     if split is None:
         split = _sliced(G, calls, fused, operands)
     if split is None:
-        raise UnsupportedModelError(
-            f"{attn}: the fused projection {fused} is not split into q, k, v"
-        )
+        # a view into heads and index ops (BLOOM, Falcon): which rows are which, on numbers
+        qkv_layout, widths = fused_qkv.recognize(G, attn, fused, matmuls[0])
+        return qkv_layout, widths, layout, bias
     if not all(
         G.derives(operand, part) for part, operand in zip(split.outputs, operands, strict=True)
     ):
@@ -416,4 +437,7 @@ def _part_ops(a: Attention, index: int, shape: tuple[int, ...], param: str) -> t
             {"op": "take", "axis": 1, "index": index},
             {"op": "reshape", "shape": [sizes[index], *rest]},
         )
+    if a.qkv_layout is QkvLayout.GROUPED:
+        heads = (a.num_query_heads, a.num_key_value_heads, a.head_dim)
+        return fused_qkv.part_ops(a.qkv_layout, index, shape, *heads, axis)
     return ({"op": "split", "axis": axis, "sizes": sizes, "index": index},)

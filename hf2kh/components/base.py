@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hf2kh.errors import UnsupportedModelError
-from hf2kh.inspect.dataflow import PASSTHROUGH
+from hf2kh.inspect.dataflow import PASSTHROUGH, first_call
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,38 @@ def explain_ops(where: str, calls, allowed: set[str]) -> None:
             )
 
 
-def check_output_is(G, module: str, projection: str) -> None:
-    """The module's output must be its output projection's, only moved (no residual added
-    inside, as BLOOM's attention does): anything else is computed by no component."""
+# The ops that add two tensors (a residual add, possibly in place).
+ADDS = {"add", "__add__", "add_", "__iadd__", "__radd__"}
+
+
+def residual_inside(G, module: str, call) -> tuple[int, int | None, list]:
+    """A module whose output is `own + residual`, `residual` one of the values the block passed
+    it (BLOOM's attention and MLP end in `dropout_add(own, residual)`): (its own output, the
+    residual value, the add and the data moves after it). A module that adds no residual gives
+    (its output, None, [])."""
+    producers = {o: c for c in G.calls_within(module) for o in c.outputs}
+    value, tail = call.outputs[0], []
+    while (made := producers.get(value)) is not None and made.kind == "function":
+        if made.target in PASSTHROUGH and made.inputs:
+            tail.append(made)
+            value = made.inputs[0]
+            continue
+        if made.target in ADDS and len(made.inputs) == 2:
+            inside = [v for v in made.inputs if v in producers]
+            outside = [v for v in made.inputs if v not in producers and v in call.inputs]
+            if len(inside) == 1 and len(outside) == 1:
+                return inside[0], outside[0], [*tail, made]
+        break
+    return call.outputs[0], None, []
+
+
+def check_output_is(G, module: str, projection: str, residual_ok: bool = False) -> None:
+    """The module's output must be its output projection's, only moved; with `residual_ok`,
+    plus a residual the block passed it (`residual_inside`: the block's steps then hold that add).
+    Anything else is computed by no component."""
     value, made = G.out(module), G.out(projection)
+    if residual_ok:
+        value, _, _ = residual_inside(G, module, first_call(G.g, module))
     producers = {o: c for c in G.calls_within(module) for o in c.outputs}
     while value != made:
         call = producers.get(value)

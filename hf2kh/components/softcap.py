@@ -15,10 +15,14 @@ from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.graph import Call
 from hf2kh.recognize import probes
 
+# A tensor times or over a number, in place or not (Falcon's `scores /= math.sqrt(head_dim)`).
+MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__"}
+DIVS = {"div", "__truediv__", "div_", "__itruediv__"}
+
 
 def constant(call: Call) -> float | None:
     """The one numeric constant of a single-tensor `mul`/`div`, else None."""
-    if call.target not in ("mul", "div", "__mul__", "__truediv__") or len(call.inputs) != 1:
+    if call.target not in MULS | DIVS or len(call.inputs) != 1:
         return None
     if len(call.constants) != 1:
         return None
@@ -38,11 +42,11 @@ def find(where: str, chain: list[Call]) -> tuple[float | None, list[Call]]:
         )
     before, tanh, after = chain[k - 1], chain[k], chain[k + 1]
     inner, outer = constant(before), constant(after)
-    if inner is None or outer is None or after.target not in ("mul", "__mul__"):
+    if inner is None or outer is None or after.target not in MULS:
         raise UnsupportedModelError(
             f"{where}: a `tanh` that is not a softcap (cap * tanh(x / cap))"
         )
-    inner = 1.0 / inner if before.target in ("mul", "__mul__") else inner
+    inner = 1.0 / inner if before.target in MULS else inner
     x = torch.linspace(-200.0, 200.0, 401)
     observed = _run(after, _run(tanh, _run(before, x)))
     probes.pick(
@@ -58,7 +62,8 @@ def find(where: str, chain: list[Call]) -> tuple[float | None, list[Call]]:
 
 
 def _run(call: Call, x: torch.Tensor) -> torch.Tensor:
-    fn = getattr(torch, call.target.strip("_").replace("truediv", "div"))
+    name = "mul" if call.target in MULS else "div" if call.target in DIVS else call.target
+    fn = getattr(torch, name.strip("_"))
     return fn(x, float(call.constants[0])) if call.constants else fn(x)
 
 

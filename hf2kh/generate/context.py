@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from hf2kh.components import alibi as alibi_component
 from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
@@ -92,6 +93,8 @@ class Context:
         found = [c.spec for c in self.block.components if isinstance(c.spec, Norm)]
         if self.ir.head.final_norm is not None:
             found.append(self.ir.head.final_norm)
+        if self.ir.stem.embedding_norm is not None:
+            found.append(self.ir.stem.embedding_norm)
         return found
 
     @property
@@ -117,6 +120,23 @@ class Context:
     def final_norm_layer(self) -> str:
         norm = self.ir.head.final_norm
         return self.norm_layer(norm, "layer_norm_epsilon", "sequence_output_layernorm", "dtype")
+
+    @property
+    def embedding_norm_layer(self) -> str:
+        norm = self.ir.stem.embedding_norm
+        return self.norm_layer(norm, "layer_norm_epsilon", "embeddings_layernorm", "dtype")
+
+    @property
+    def backbone_rms_norm(self) -> bool:
+        """The backbone itself builds an RMS norm (final or embedding norm)."""
+        norms = [self.ir.head.final_norm, self.ir.stem.embedding_norm]
+        return any(n is not None and n.kind is NormKind.RMS for n in norms)
+
+    @property
+    def alibi(self):
+        """The ALiBi emitter (`components.alibi`: FUNCTION, METHOD, CALL, DOC) when the model's
+        attention has ALiBi, else None."""
+        return alibi_component if self.attention.alibi is not None else None
 
     @cached_property
     def block_code(self) -> BlockCode:
@@ -190,6 +210,8 @@ class Context:
         norms = [c.spec for c in block.components if isinstance(c.spec, Norm)]
         if self.ir.head.final_norm is not None:
             norms.append(self.ir.head.final_norm)
+        if self.ir.stem.embedding_norm is not None:
+            norms.append(self.ir.stem.embedding_norm)
         mlp = next(c.spec for c in block.components if isinstance(c.spec, Mlp))
         groups: list[list[Arg]] = [
             [Arg("hidden_dim", self.ir.stem.hidden_dim, "int. Width of the hidden states.")],

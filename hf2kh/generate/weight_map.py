@@ -80,6 +80,10 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         rows.append(
             _dense(f"{stem.hf_embedding_projection}.weight", hf_shapes, "embedding_projection")
         )
+    if stem.embedding_norm is not None:
+        rows += norm.weight_rows(
+            stem.embedding_norm, stem.hf_embedding_norm, "embeddings_layernorm", hf_shapes
+        )
     if head.hf_output_projection is not None:
         rows.append(_dense(f"{head.hf_output_projection}.weight", hf_shapes, "output_projection"))
     for i in range(ir.num_layers):

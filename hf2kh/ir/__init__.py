@@ -3,6 +3,7 @@
 from hf2kh.ir.model import (
     Activation,
     Add,
+    Alibi,
     Attention,
     BlockType,
     Component,
@@ -28,6 +29,7 @@ __all__ = [
     "IR_VERSION",
     "Activation",
     "Add",
+    "Alibi",
     "Attention",
     "BlockType",
     "Component",

@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
-from hf2kh.components.base import check_output_is, explain_ops
+from hf2kh.components.base import ADDS, check_output_is, explain_ops, residual_inside
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, block_steps, calls_within, first_call
 from hf2kh.inspect.graph import Call
 from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Norm
 from hf2kh.recognize.graph_view import GraphView
-
-ADDS = {"add", "__add__", "add_", "__iadd__", "__radd__"}
 
 
 @dataclass
@@ -104,6 +102,8 @@ def _is_component(G: GraphView, call: Call) -> bool:
 def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence) -> None:
     path = call.target
     cls = type(G.submodule(path)).__name__
+    # A sublayer that adds the residual itself (BLOOM) is the component and an `add` step.
+    out, residual, tail = residual_inside(G, path, call)
     if attention_component.is_attention(G, path):
         path = _innermost_attention(G, path)
         spec, weights = attention_component.recognize(G, path, hidden_dim, rope, evidence)
@@ -113,10 +113,11 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence) ->
         weights, kind = {"norm": path}, "norm"
     elif G.subtree_params(path):
         projections = [c for c in G.g.module(path).children if G.is_projection(c)]
+        calls = [c for c in calls_within(G.g, path) if c not in tail]
         spec, weights = mlp_component.recognize(
-            G, path, projections, calls_within(G.g, path), call.outputs[0], hidden_dim, evidence
+            G, path, projections, calls, out, hidden_dim, evidence
         )
-        check_output_is(G, path, weights["down"])
+        check_output_is(G, path, weights["down"], residual_ok=True)
         kind = "mlp"
     else:
         raise UnsupportedModelError(
@@ -125,7 +126,9 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence) ->
     key = f"{kind}:{rel}"
     rel_weights = {role: p[len(block) + 1 :] for role, p in weights.items()}
     draft.components[key] = ((rel,), spec, rel_weights, cls)
-    draft.steps.append(("let", call.outputs[0], key, (val(call.inputs[0]),)))
+    draft.steps.append(("let", out, key, (val(call.inputs[0]),)))
+    if residual is not None:
+        draft.steps.append(("add", call.outputs[0], None, (val(residual), out)))
 
 
 def _innermost_attention(G: GraphView, path: str) -> str:

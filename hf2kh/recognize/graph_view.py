@@ -16,6 +16,9 @@ class GraphView:
         self.model = model
         self.shapes = {p.name: p.shape for p in graph.parameters}
         self.shapes.update({t.name: self.shapes[t.target] for t in graph.tied})
+        # block path -> the (args, kwargs) it received in the CPU stem run (`probes.run_stem`),
+        # for probes that run a block or its attention on numbers
+        self.block_inputs: dict[str, tuple] = {}
 
     def own_params(self, path: str) -> dict[str, tuple[int, ...]]:
         node = self.g.module(path)
@@ -33,7 +36,8 @@ class GraphView:
         (OLMo's non-affine LayerNorm). What it computes is then probed."""
         params = self.subtree_params(path)
         if not params:
-            return any(c.target == "layer_norm" for c in self.calls_within(path))
+            called = bool(self.g.module(path).calls)  # (Falcon's unused attention_dropout)
+            return called and any(c.target == "layer_norm" for c in self.calls_within(path))
         return all(len(s) == 1 for s in params.values())
 
     def is_projection(self, path: str) -> bool:

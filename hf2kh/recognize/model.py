@@ -84,6 +84,15 @@ def recognize_model(
         and G.own_params(p)["weight"][-1] == hidden_dim
         and not G.derives(first_call(graph, p).inputs[0], input_value)
     ]
+    embedding_out = first_call(graph, embed).outputs[0]
+    embedding_norms = [
+        p
+        for p in stem_modules
+        if G.is_norm(p) and G.derives(first_call(graph, p).inputs[0], embedding_out)
+    ]
+    if len(embedding_norms) > 1:
+        raise UnsupportedModelError(f"more than one norm of the embeddings: {embedding_norms}")
+    embedding_norm_path = embedding_norms[0] if embedding_norms else None
     rotary = [
         p
         for p in stem_modules
@@ -121,7 +130,15 @@ def recognize_model(
         length,
         projection=embedding_projection,
         blocks=tuple(blocks),
+        norm=embedding_norm_path,
     )
+    G.block_inputs = stem["inputs"]
+    embedding_norm = None
+    if embedding_norm_path is not None:
+        embedding_norm = _embedding_norm(G, embedding_norm_path, hidden_dim, positions)
+        evidence.append(
+            f"embedding norm {embedding_norm_path}: {norm_component.describe(embedding_norm)}"
+        )
 
     # -- blocks: a few block types and the type of each layer ----------------------------------
     block_types: list[BlockType] = []
@@ -199,7 +216,7 @@ def recognize_model(
     if positions:
         max_positions = G.own_params(positions[0])["weight"][0]
         evidence.append(f"learned positions: {positions[0]} ({max_positions} rows)")
-    elif rope is None:
+    elif rope is None and not any(b.attention.alibi for b in block_types):
         raise UnsupportedModelError("no position information found (no rope, no learned positions)")
     scale = _embedding_scale(stem)
     offset = _position_offset(stem) if positions else 0
@@ -207,6 +224,11 @@ def recognize_model(
         evidence.append(f"learned positions start at row {offset} of the table")
     if scale is not None:
         evidence.append(f"token embeddings are scaled by {scale:.6g} before the first block")
+    if scale is not None and embedding_norm is not None:
+        raise UnsupportedModelError(
+            "the embeddings are both normalized and scaled before the first block: "
+            "not supported yet"
+        )
 
     return ModelIR(
         name=name,
@@ -224,6 +246,8 @@ def recognize_model(
             max_positions=max_positions,
             position_offset=offset,
             embedding_scale=scale,
+            embedding_norm=embedding_norm,
+            hf_embedding_norm=embedding_norm_path,
             embedding_dim=embedding_dim if embedding_projection else None,
             hf_embedding_projection=embedding_projection,
         ),
@@ -277,6 +301,17 @@ def _token_id(config, key: str) -> int | None:
     return value
 
 
+def _embedding_norm(G: GraphView, path: str, hidden_dim: int, positions: list[str]):
+    """The norm of the embeddings before the first block; it must read them whole (after the
+    position embeddings are added), as the generated `embed()` applies it last."""
+    if positions and not G.derives(G.inp(path), G.out(positions[0])):
+        raise UnsupportedModelError(
+            f"{path} normalizes the token embeddings before the position embeddings are added: "
+            "not supported yet"
+        )
+    return norm_component.recognize(G, path, hidden_dim)
+
+
 def _position_offset(captured: dict[str, torch.Tensor]) -> int:
     """The table row of position 0: the position embedding of token t is row `t + offset`."""
     table, used = captured["position_table"], captured["position"]
@@ -292,6 +327,8 @@ def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
     emb, block_in, pos = captured["embed"], captured["block"], captured.get("position")
     if "projected" in captured:
         emb = captured["projected"]
+    if "normed" in captured:  # the norm read the embeddings with their positions
+        emb, pos = captured["normed"], None
     if pos is not None:
         block_in = block_in - pos
     ratio = float((block_in * emb).sum() / (emb * emb).sum())

@@ -152,16 +152,17 @@ def run_stem(
     length: int = 64,
     projection: str | None = None,
     blocks: tuple[str, ...] = (),
+    norm: str | None = None,
 ) -> dict:
     """Run the model's code before its first block on the CPU, with random stem weights.
 
     Only modules outside `skip` (the block container and the head) are materialized, so this is
     cheap for a model of any size. Returns the rows of the token embedding table that were looked
-    up, the position embedding output (if any), the projected embeddings (if `projection`) and
-    the first block's input, for a batch of `length` tokens. With `blocks` (every block's path, in
-    order), the forward runs on to the last of them, each block passing its input through
-    (`_record_inputs`), and `inputs` holds the arguments each block received (masks, rotary
-    tables) under its path.
+    up, the position embedding output (if any), the projected embeddings (if `projection`), the
+    normalized embeddings (if `norm`, as `normed`) and the first block's input, for a batch of
+    `length` tokens. With `blocks` (every block's path, in order), the forward runs on to the
+    last of them, each block passing its input through (`_record_inputs`), and `inputs` holds the
+    arguments each block received (masks, rotary tables, ALiBi tensors) under its path.
     """
     stem = copy.deepcopy(model)
     _materialize_outside(stem, skip)
@@ -190,6 +191,8 @@ def run_stem(
         captured["position_table"] = stem.get_submodule(position).weight.detach().clone()
     if projection is not None:
         handles.append(stem.get_submodule(projection).register_forward_hook(keep("projected")))
+    if norm is not None:
+        handles.append(stem.get_submodule(norm).register_forward_hook(keep("normed")))
     if not blocks:
         handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
     else:
@@ -250,6 +253,7 @@ def _materialize_outside(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
     """Give every module outside `skip` real CPU tensors, initialized the way transformers does
     (which also recomputes derived buffers such as rotary frequencies and embedding scales)."""
     torch.manual_seed(4)
+    gen = torch.Generator().manual_seed(4)
 
     def visit(module: torch.nn.Module, path: str) -> None:
         if path in skip:
@@ -257,6 +261,11 @@ def _materialize_outside(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
         for name, child in module.named_children():
             visit(child, f"{path}.{name}" if path else name)
         module.to_empty(device="cpu", recurse=False)
+        # Defined values first: `_init_weights` finds norms by class name, so a renamed norm
+        # (BLOOM's embedding LayerNorm) would keep uninitialized memory.
+        with torch.no_grad():
+            for p in module.parameters(recurse=False):
+                p.copy_(torch.ones(p.shape) if p.ndim == 1 else torch.randn(p.shape, generator=gen))
         init = getattr(model, "_init_weights", None)
         if init is not None:
             init(module)
