@@ -381,17 +381,21 @@ LLAMA_7B = dict(
 
 
 # Runs `hf2kh ARGS` through the console script's entry point in a fresh interpreter, then writes
-# that interpreter's own peak RSS (ru_maxrss of RUSAGE_SELF, KiB on Linux) to the file named by
-# the first argument: the measurement is of this one process, whatever ran before it.
+# that interpreter's own peak RSS (VmHWM of /proc/self/status, KiB) to the file named by the first
+# argument: the measurement is of this one process, whatever ran before it. (Not ru_maxrss: Linux
+# carries the forking parent's high-water mark into the child's RUSAGE_SELF at exec, so a child
+# of a large pytest process would report the parent's peak.)
 PEAK_RSS_WRAPPER = """
-import resource, sys
+import sys
 report, sys.argv = sys.argv[1], ["hf2kh", *sys.argv[2:]]
 from hf2kh.cli import main
 try:
     main()
 finally:
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
     with open(report, "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        f.write(peak)
 """
 
 
