@@ -21,8 +21,9 @@ from tests.fixtures.factory import FixtureSpec, build_from_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# A GLM decoder: its MLP splits one fused gate_up projection with `chunk`, which hf2kh does not
-# emit yet. The activation probe used to crash on it with a raw TypeError.
+# A GLM decoder: its rope rotates interleaved pairs (`repeat_interleave` on the cos/sin tables),
+# which no component explains yet. (Its MLP's fused gate_up `chunk` once crashed the activation
+# probe with a raw TypeError; that layout ports now.)
 GLM = FixtureSpec(
     name="glm",
     family="glm",
@@ -102,8 +103,8 @@ def test_unsupported_model_exits_2_naming_the_module(glm_checkpoint, tmp_path, q
     result = run_cli("port", str(glm_checkpoint), "--out", str(out), *flags)
     assert result.code == 2
     assert result.only_error() == (
-        "model.layers.0.mlp: the op 'chunk' after its input projection is not an activation "
-        "hf2kh knows (TypeError when probed as one); this MLP layout is not supported yet"
+        "op `repeat_interleave` in model.layers.0.self_attn is not explained by any recognized "
+        "component; porting without it would compute something else"
     )
     if quiet:
         assert result.out == ""
