@@ -20,6 +20,7 @@ import pytest
 
 from hf2kh.errors import SourceError, UnsupportedModelError
 from hf2kh.generate.tokenizer import (
+    Framing,
     TokenizerSpec,
     build_keras_tokenizer,
     read_tokenizer_spec,
@@ -27,6 +28,7 @@ from hf2kh.generate.tokenizer import (
     tokenizer_test_corpus,
     write_assets,
 )
+from tests.fixtures.real import real_checkpoint_dir
 from tests.fixtures.tokenizers import (
     LLAMA3_SPLIT_PATTERN,
     LLAMA3_STYLE,
@@ -81,6 +83,22 @@ KINDS: dict[str, tuple] = {
     ),
     "wordpiece_uncased": (train_wordpiece, dict(lowercase=True), "wordpiece"),
     "wordpiece_cased": (train_wordpiece, dict(lowercase=False), "wordpiece"),
+    # BERT's normalizer options as checkpoints set them in tokenizer_config.json
+    "wordpiece_uncased_keep_accents": (
+        train_wordpiece,
+        dict(lowercase=True, strip_accents=False),
+        "wordpiece",
+    ),
+    "wordpiece_cased_strip_accents": (
+        train_wordpiece,
+        dict(lowercase=False, strip_accents=True),
+        "wordpiece",
+    ),
+    "wordpiece_no_cjk_split": (
+        train_wordpiece,
+        dict(lowercase=True, tokenize_chinese_chars=False),
+        "wordpiece",
+    ),
 }
 SP_KINDS = [name for name, (_, _, kind) in KINDS.items() if kind == "sentencepiece"]
 
@@ -204,9 +222,17 @@ def test_spec_reads_the_pipeline(checkpoint, tmp_path, name):
         "sp_gemma_unigram": dict(prepend_scheme="never", model_type="unigram"),
         "sp_llama_bpe_no_bytes": dict(drop_unknown=True),
         "wordpiece_uncased": dict(
-            lowercase=True, strip_accents=True, bos_token="[CLS]", eos_token="[SEP]"
+            lowercase=True,
+            strip_accents=True,
+            bos_token="[CLS]",
+            eos_token="[SEP]",
+            mask_token="[MASK]",
+            framing=Framing(("[CLS]",), ("[SEP]",), ("[SEP]",), segment_ids=True),
         ),
         "wordpiece_cased": dict(lowercase=False, strip_accents=False, add_bos=True, add_eos=True),
+        "wordpiece_uncased_keep_accents": dict(lowercase=True, strip_accents=False),
+        "wordpiece_cased_strip_accents": dict(lowercase=False, strip_accents=True),
+        "wordpiece_no_cjk_split": dict(lowercase=True, strip_accents=True, split_on_cjk=False),
     }.get(name, {})
     for field, value in expected.items():
         assert getattr(spec, field) == value, field
@@ -403,3 +429,21 @@ def test_detokenize_matches_hf_decode(checkpoint, tmp_path, name):
     ]
     for row in rows:
         assert keras_tokenizer.detokenize(row) == hf.decode(row), row
+
+
+def test_real_minilm_wordpiece_gives_hf_ids(tmp_path):
+    """The real all-MiniLM-L6-v2 tokenizer (uncased BERT vocabulary of 30522): HF's ids on the
+    whole corpus (accents, Chinese characters, controls, special tokens written in the text)."""
+    ckpt = real_checkpoint_dir()
+    spec, keras_tokenizer = _convert(ckpt, tmp_path / "assets")
+    assert (spec.kind, spec.lowercase, spec.strip_accents, spec.split_on_cjk) == (
+        "wordpiece",
+        True,
+        True,
+        True,
+    )
+    assert spec.framing == Framing(("[CLS]",), ("[SEP]",), ("[SEP]",), segment_ids=True)
+    hf = _hf(ckpt)
+    corpus = tokenizer_test_corpus(spec.special_tokens)
+    assert sum(hf.unk_token_id in hf(t, add_special_tokens=False)["input_ids"] for t in corpus)
+    _assert_same_ids(hf, keras_tokenizer, corpus)

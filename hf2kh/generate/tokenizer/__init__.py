@@ -75,9 +75,10 @@ from hf2kh.generate.tokenizer.assets import write_assets
 from hf2kh.generate.tokenizer.corpus import tokenizer_test_corpus
 from hf2kh.generate.tokenizer.read import read_tokenizer_spec
 from hf2kh.generate.tokenizer.source import build_keras_tokenizer, tokenizer_module_source
-from hf2kh.generate.tokenizer.spec import TokenizerSpec
+from hf2kh.generate.tokenizer.spec import Framing, TokenizerSpec
 
 __all__ = [
+    "Framing",
     "TokenizerSpec",
     "build_keras_tokenizer",
     "read_tokenizer_spec",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hf2kh.errors import SourceError, UnsupportedModelError
-from hf2kh.generate.tokenizer.spec import TokenizerSpec
+from hf2kh.generate.tokenizer.spec import Framing, TokenizerSpec
 
 _KERAS_BASES = {
     "byte_bpe": "BytePairTokenizer",
@@ -150,6 +150,58 @@ def _added_framing(view: _HFView) -> tuple[list[int], list[int]]:
     )
 
 
+_PAIR_PROBES = (("hello world", "a b"), ("1", "the x"))
+
+
+def _encode_pair(view: _HFView, first: str, second: str) -> tuple[list[int], list[int] | None]:
+    """ids and token_type_ids (None when HF does not return them) of `tokenizer(first, second)`."""
+    if view.hf is not None:
+        out = view.hf(first, second)
+        types = out.get("token_type_ids")
+        return list(out["input_ids"]), None if types is None else list(types)
+    from tokenizers import Tokenizer
+
+    encoding = Tokenizer.from_str(json.dumps(view.backend)).encode(first, second)
+    return list(encoding.ids), list(encoding.type_ids)
+
+
+def _framing(view: _HFView, start: list[int], end: list[int], id_to_token) -> Framing | None:
+    """Measure the pair layout; None when it is not `start a sep b end` with the packer's
+    segment ids (the preprocessors refuse such a tokenizer; plain tokenization is unaffected)."""
+    encode = _encoder(view)
+    seps, with_types = set(), set()
+    for first, second in _PAIR_PROBES:
+        a, b = encode(first, False), encode(second, False)
+        try:
+            ids, types = _encode_pair(view, first, second)
+        except Exception:  # noqa: BLE001 - a tokenizer without pairs has no pair layout
+            return None
+        head, tail = start + a, b + end
+        if ids[: len(head)] != head or ids[len(ids) - len(tail) :] != tail:
+            return None
+        sep = ids[len(head) : len(ids) - len(tail)]
+        if len(ids) != len(head) + len(sep) + len(tail):
+            return None
+        seps.add(tuple(sep))
+        if types is not None and not any(types) and view.hf is None:
+            types = None  # the `tokenizers` pipeline alone: all-zero type ids carry nothing
+        if types is not None:
+            packer_types = [0] * (len(head) + len(sep)) + [1] * len(tail)
+            if types != packer_types:
+                return None
+        with_types.add(types is not None)
+    if len(seps) != 1 or len(with_types) != 1:
+        return None
+    side = str(getattr(view.hf, "truncation_side", "right") or "right")
+    return Framing(
+        start=tuple(id_to_token[i] for i in start),
+        sep=tuple(id_to_token[i] for i in seps.pop()),
+        end=tuple(id_to_token[i] for i in end),
+        segment_ids=with_types.pop(),
+        truncation_side=side,
+    )
+
+
 def _special_attr(view: _HFView, name: str) -> str | None:
     if view.hf is not None:
         value = getattr(view.hf, name, None)
@@ -233,6 +285,8 @@ def read_tokenizer_spec(checkpoint_dir: Path) -> TokenizerSpec:
         asset_files=_ASSET_FILES[kind],
         added_token_options=_added_token_options(view),
         vocabulary_size=max(vocab.values()) + 1 if vocab else 0,
+        mask_token=_special_attr(view, "mask_token"),
+        framing=_framing(view, prefix, suffix, id_to_token),
     )
     if view.backend["model"].get("dropout"):
         notes.append("BPE dropout is set; the port tokenizes deterministically (no dropout).")

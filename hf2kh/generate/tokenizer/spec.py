@@ -7,6 +7,24 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Framing:
+    """How HF's `tokenizer(a)` and `tokenizer(a, b)` frame the text ids, as measured.
+
+    One text: `start + a + end`; a pair: `start + a + sep + b + end` (BERT: `[CLS] a [SEP] b
+    [SEP]`; RoBERTa: `<s> a </s></s> b </s>`), the layout of `keras_hub.layers.MultiSegmentPacker`.
+    When `segment_ids` is set HF also returns `token_type_ids`: 0 up to and including `sep`, 1
+    after it (what the packer writes). Too long inputs are cut on `truncation_side`, a pair by
+    HF's `longest_first` rule.
+    """
+
+    start: tuple[str, ...]
+    sep: tuple[str, ...]
+    end: tuple[str, ...]
+    segment_ids: bool
+    truncation_side: str = "right"
+
+
+@dataclass(frozen=True)
 class TokenizerSpec:
     """What a checkpoint's tokenizer does, as far as a KerasHub tokenizer must reproduce it."""
 
@@ -38,6 +56,9 @@ class TokenizerSpec:
     # (token, lstrip, rstrip, single_word, normalized) for added tokens with non-default options
     added_token_options: tuple[tuple[str, bool, bool, bool, bool], ...] = ()
     vocabulary_size: int = 0  # largest id + 1, added tokens included
+    mask_token: str | None = None
+    # How HF frames one text and a pair (None: its pair layout is not `start a sep b end`).
+    framing: Framing | None = None
     notes: tuple[str, ...] = ()  # anything that is not reproduced exactly
     # How the original decodes: {"pipeline": <`tokenizers` decoder JSON>,
     # "clean_up_tokenization_spaces": bool} (the latter is transformers' post-processing).
