@@ -17,12 +17,13 @@ import math
 from hf2kh.components import alibi as alibi_component
 from hf2kh.components import fused_qkv
 from hf2kh.components import norm as norm_component
+from hf2kh.components import rope as rope_component
 from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, check_output_is, explain_ops
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.weight_map import WeightRow
 from hf2kh.inspect.dataflow import PASSTHROUGH
-from hf2kh.ir import Attention, QkvLayout, WeightLayout
+from hf2kh.ir import Attention, QkvLayout, RopeLayout, WeightLayout
 from hf2kh.recognize import probes
 from hf2kh.recognize.graph_view import GraphView
 
@@ -146,7 +147,15 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
             raise UnsupportedModelError(f"{attn}: q and k norms differ")
         weights["query_norm"], weights["key_norm"] = q_norms[0], k_norms[0]
         evidence.append(f"q/k norm per head: {norm_component.describe(qk_norm)}")
-    explain_ops(attn, [c for c in own if c not in explained], OPS)
+    allowed = OPS
+    if rope is not None:
+        sources = [q[0]] if "qkv" in weights else [q[0], k[0]]
+        rope = rope_component.probe_layout(G, attn, sources, rope, head_dim)
+        if rope is None:
+            evidence.append(f"{attn}: queries and keys are not rotated (probed): no rope")
+        elif rope.layout is RopeLayout.INTERLEAVED:
+            allowed = OPS | rope_component.INTERLEAVED_OPS
+    explain_ops(attn, [c for c in own if c not in explained], allowed)
     spec = Attention(
         num_query_heads=q_heads,
         num_key_value_heads=k_heads,

@@ -54,6 +54,15 @@ class RopeScaling(enum.Enum):
     LLAMA3 = "llama3"
 
 
+class RopeLayout(enum.Enum):
+    """Which features rope rotates together: the two halves of the rotated part (Llama's
+    `rotate_half`: feature i with i + rotary_dim / 2) or adjacent pairs (2i with 2i + 1: GPT-J,
+    GLM, Cohere)."""
+
+    HALF_SPLIT = "half_split"
+    INTERLEAVED = "interleaved"
+
+
 class Positions(enum.Enum):
     NONE = "none"  # rope or ALiBi inside attention
     LEARNED = "learned"
@@ -77,6 +86,7 @@ class Rope:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    layout: RopeLayout = RopeLayout.HALF_SPLIT
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,18 @@ class Add:
     inputs: tuple[str, str]
 
 
-Step = Let | Add
+@dataclass(frozen=True)
+class Scale:
+    """`out = value * factor`, the factor a constructor argument `name` of the block (Granite's
+    residual multiplier on each sublayer's output)."""
+
+    out: str
+    input: str
+    factor: float
+    name: str
+
+
+Step = Let | Add | Scale
 
 
 @dataclass(frozen=True)
@@ -202,6 +223,7 @@ class Head:
     # Final hidden states projected down to the embedding width (OPT-350m's `project_out`).
     hf_output_projection: str | None = None
     softcap: float | None = None  # logits become `softcap * tanh(logits / softcap)`
+    logit_scale: float | None = None  # logits are multiplied by it (Granite, Cohere)
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,8 @@ def probe_projection(module: torch.nn.Module, in_features: int) -> tuple[str, bo
     return layout, b is not None
 
 
-def rope_cos(theta: float, rotary_dim: int, positions: int, scaling: dict | None) -> torch.Tensor:
-    """cos table of the candidate rope (`rotate_half` layout) in HF's float32 arithmetic."""
+def rope_inv_freq(theta: float, rotary_dim: int, scaling: dict | None) -> torch.Tensor:
+    """The candidate rope's `rotary_dim / 2` frequencies in HF's float32 arithmetic."""
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim)
     )
@@ -120,7 +120,18 @@ def rope_cos(theta: float, rotary_dim: int, positions: int, scaling: dict | None
         inv_freq = inv_freq / scaling["factor"]
     elif scaling and scaling["scaling"] == "llama3":
         inv_freq = llama3_inv_freq(inv_freq, **{k: v for k, v in scaling.items() if k != "scaling"})
+    return inv_freq
+
+
+def rope_cos(
+    theta: float, rotary_dim: int, positions: int, scaling: dict | None, pairs: bool = False
+) -> torch.Tensor:
+    """cos table of the candidate rope: each frequency for both halves (`rotate_half`) or, with
+    `pairs`, twice in a row (a table for interleaved pairs, Cohere's `repeat_interleave`)."""
+    inv_freq = rope_inv_freq(theta, rotary_dim, scaling)
     freqs = torch.arange(positions).float()[:, None] * inv_freq[None]
+    if pairs:
+        return freqs.repeat_interleave(2, dim=-1).cos()
     return torch.cat([freqs, freqs], -1).cos()
 
 
