@@ -8,7 +8,7 @@ only places these lines.
 from __future__ import annotations
 
 from hf2kh.components import mlp as mlp_component
-from hf2kh.ir import Add, Attention, Let, Mlp, Norm
+from hf2kh.ir import Add, Attention, Let, Mlp, Norm, Scale
 
 SHAPE = "decoder_sequence_shape"
 
@@ -80,6 +80,9 @@ class BlockCode:
             if isinstance(step, Add):
                 lines.append(f"{step.out} = {step.inputs[0]} + {step.inputs[1]}")
                 continue
+            if isinstance(step, Scale):
+                lines.append(f"{step.out} = {step.input} * self.{step.name}")
+                continue
             spec = self.block.component(step.component).spec
             (source,) = step.inputs
             if isinstance(spec, Attention):
@@ -122,6 +125,8 @@ class BlockCode:
         for step in self.block.steps:
             if isinstance(step, Let):
                 text.append(f"{step.out} = {step.component}({', '.join(step.inputs)})")
+            elif isinstance(step, Scale):
+                text.append(f"{step.out} = {step.input} * {step.name}")
             else:
                 text.append(f"{step.out} = {' + '.join(step.inputs)}")
         return text

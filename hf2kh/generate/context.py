@@ -17,11 +17,12 @@ from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
+from hf2kh.components import scale as scale_component
 from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, merge_args
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.block_code import BlockCode
-from hf2kh.ir import Attention, Mlp, ModelIR, Norm, NormKind, Positions
+from hf2kh.ir import Attention, Mlp, ModelIR, Norm, NormKind, Positions, Scale
 
 BLOCK_SIZES = (
     "num_query_heads",
@@ -220,6 +221,9 @@ class Context:
         ]
         groups += [norm_component.args(n) for n in norms]
         groups.append(rope_component.args(attention.rope) if attention.rope else [])
+        for step in block.steps:
+            if isinstance(step, Scale):
+                groups.append(scale_component.args(step.name, step.input, step.factor))
         if self.sliding_window:
             window = self.ir.layer_options[i].sliding_window
             doc = "int. Tokens each position attends to, itself included."
@@ -306,6 +310,8 @@ class Context:
                     "float. Multiplies the token embeddings.",
                 )
             )
+        if head.logit_scale is not None:
+            args += scale_component.logit_args(head.logit_scale)
         if head.softcap is not None:
             args += softcap_component.args(head.softcap, "final_logit_softcap", "Final logits")
         args.append(

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
+from hf2kh.components import scale as scale_component
 from hf2kh.components.base import ADDS, check_output_is, explain_ops, residual_inside
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, block_steps, calls_within, first_call
 from hf2kh.inspect.graph import Call
-from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Norm
+from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Norm, Scale
 from hf2kh.recognize.graph_view import GraphView
 
 
@@ -27,10 +28,12 @@ class _Draft:
     """Steps over value ids, before values get names."""
 
     steps: list[tuple[str, int, str | None, tuple[int, ...]]] = field(default_factory=list)
-    # (kind "let"/"add", output value, component key or None, input values)
+    # (kind "let"/"add"/"scale", output value, component key ("scale:" for a scale) or None,
+    # input values)
     components: dict[str, tuple[tuple[str, ...], object, dict[str, str], str]] = field(
         default_factory=dict
     )  # key -> (hf paths, spec, weights by role, hf class)
+    factors: dict[int, float] = field(default_factory=dict)  # scale step output -> its factor
 
 
 def recognize_block(G: GraphView, block: str, hidden_dim: int, rope, evidence: list[str]):
@@ -79,6 +82,9 @@ def recognize_block(G: GraphView, block: str, hidden_dim: int, rope, evidence: l
             _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence)
         elif call.target in ADDS and len(call.inputs) == 2:
             draft.steps.append(("add", call.outputs[0], None, tuple(val(i) for i in call.inputs)))
+        elif scale_component.is_scale(call):
+            draft.factors[call.outputs[0]] = scale_component.factor(block, call)
+            draft.steps.append(("scale", call.outputs[0], "scale:", (val(call.inputs[0]),)))
         else:
             raise UnsupportedModelError(
                 f"op `{call.target}` in {block} is not explained by any recognized component; "
@@ -185,6 +191,8 @@ def _named(G: GraphView, block: str, draft: _Draft, block_in: int, block_out: in
         if kind == "add":
             # the residual stream, or the sum of two sublayer outputs (parallel blocks)
             return "x" if any(_on_stream(v) for v in inputs) else "branches"
+        if kind == "scale":  # a scaled value keeps its name (`attention = attention * s`)
+            return base(producer[inputs[0]]) if inputs[0] in producer else "x"
         comp = _kind(key)
         if comp == "attention":
             return "attention"
@@ -233,6 +241,10 @@ def _named(G: GraphView, block: str, draft: _Draft, block_in: int, block_out: in
     for kind, out, key, inputs in steps:
         if kind == "add":
             ir_steps.append(Add(names[out], (names[inputs[0]], names[inputs[1]])))
+        elif kind == "scale":
+            value = names[inputs[0]]
+            name = scale_component.arg_name(value)
+            ir_steps.append(Scale(names[out], value, draft.factors[out], name))
         else:
             ir_steps.append(Let(names[out], component_names[key], tuple(names[i] for i in inputs)))
     _check_one_each(block, components)
@@ -301,7 +313,7 @@ def _added_branch(steps, value: int) -> str | None:
         return None
     for v in inputs:
         source = producer.get(v)
-        while source and source[0] == "let" and _kind(source[1]) == "norm":
+        while source and _kind(source[1] or "add:") in ("norm", "scale"):
             source = producer.get(source[2][0])
         if source and source[0] == "let":
             return _kind(source[1])

@@ -15,6 +15,7 @@ import torch
 
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
+from hf2kh.components import scale as scale_component
 from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import explain_ops
 from hf2kh.errors import UnsupportedModelError
@@ -202,7 +203,18 @@ def recognize_model(
     logit_softcap, capped = softcap_component.find("the head", chain)
     if logit_softcap is not None:
         evidence.append(f"final logits softcapped at {logit_softcap:g}")
-    explain_ops("the head", [c for c in own if c not in capped], HEAD_OPS)
+    scales = [c for c in chain if c not in capped and scale_component.is_scale(c)]
+    logit_scale = None
+    for c in scales:
+        logit_scale = (logit_scale or 1.0) * scale_component.factor("the head", c)
+    if logit_scale is not None:
+        evidence.append(f"final logits scaled by {logit_scale:.6g}")
+        if logit_softcap is not None:
+            raise UnsupportedModelError(
+                "the head both scales and softcaps the logits: not supported yet"
+            )
+    explained = capped + scales
+    explain_ops("the head", [c for c in own if c not in explained], HEAD_OPS)
     tied_names = {t.name: t.target for t in graph.tied}
     tied = tied_names.get(f"{head}.weight") == f"{embed}.weight"
     head_bias = "bias" in G.own_params(head)
@@ -262,6 +274,7 @@ def recognize_model(
             hf_final_norm=final_norm_path,
             hf_output_projection=output_projection,
             softcap=logit_softcap,
+            logit_scale=logit_scale,
         ),
         bos_token_id=_token_id(config, "bos_token_id"),
         eos_token_id=_token_id(config, "eos_token_id"),
@@ -291,6 +304,8 @@ def _projection_between(G: GraphView, candidates, source: int, shape) -> str:
 def _step_text(step) -> str:
     if hasattr(step, "component"):
         return f"{step.out} = {step.component}({', '.join(step.inputs)})"
+    if hasattr(step, "factor"):
+        return f"{step.out} = {step.input} * {step.factor:.6g}"
     return f"{step.out} = {' + '.join(step.inputs)}"
 
 
