@@ -21,12 +21,12 @@ from tests.fixtures.factory import FixtureSpec, build_from_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# A GLM decoder: its rope rotates interleaved pairs (`repeat_interleave` on the cos/sin tables),
-# which no component explains yet. (Its MLP's fused gate_up `chunk` once crashed the activation
-# probe with a raw TypeError; that layout ports now.)
-GLM = FixtureSpec(
-    name="glm",
-    family="glm",
+# A DiffLlama decoder: its differential attention (two softmax maps, one subtracted from the other
+# with a learned lambda) repeats the value heads (`repeat`), which no component explains yet.
+# (This was a GLM until the rope layout explained GLM's interleaved pairs; GLM ports now.)
+DIFFLLAMA = FixtureSpec(
+    name="diffllama",
+    family="diffllama",
     task="causal_lm",
     config=dict(
         hidden_size=32,
@@ -34,11 +34,10 @@ GLM = FixtureSpec(
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=8,
         max_position_embeddings=64,
     ),
     tokenizer="sp_llama",
-    notes="fused gate_up_proj split by chunk; partial rotary",
+    notes="differential attention (lambda_q1/k1/q2/k2, a per-head group norm)",
 )
 
 
@@ -92,18 +91,18 @@ def test_bad_dtype_exits_2_with_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def glm_checkpoint(tmp_path_factory) -> Path:
-    return build_from_spec(GLM, tmp_path_factory.mktemp("hf_glm"))
+def unsupported_checkpoint(tmp_path_factory) -> Path:
+    return build_from_spec(DIFFLLAMA, tmp_path_factory.mktemp("hf_diffllama"))
 
 
 @pytest.mark.parametrize("quiet", [False, True])
-def test_unsupported_model_exits_2_naming_the_module(glm_checkpoint, tmp_path, quiet):
+def test_unsupported_model_exits_2_naming_the_module(unsupported_checkpoint, tmp_path, quiet):
     out = tmp_path / "out"
     flags = ["--quiet"] if quiet else []
-    result = run_cli("port", str(glm_checkpoint), "--out", str(out), *flags)
+    result = run_cli("port", str(unsupported_checkpoint), "--out", str(out), *flags)
     assert result.code == 2
     assert result.only_error() == (
-        "op `repeat_interleave` in model.layers.0.self_attn is not explained by any recognized "
+        "op `repeat` in model.layers.0.self_attn is not explained by any recognized "
         "component; porting without it would compute something else"
     )
     if quiet:

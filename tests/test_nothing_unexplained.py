@@ -2,8 +2,11 @@
 the module, before anything is generated (never a port that leaves it out).
 
 Tiny random configs of real model types, built by the zoo's generic shrinker, recorded on the
-meta device: helium and ernie4_5 rotate q/k in interleaved pairs (`repeat_interleave`), granite
-scales each residual branch by a constant (`mul` in the block).
+meta device: DiffLlama's differential attention (`repeat`), AFMoE's gated attention output
+(`sigmoid`), BEAM's `view_as`. helium and ernie4_5 (q/k rotated in interleaved pairs through
+`repeat_interleave`) and granite (a constant `mul` on each residual branch) were refused here
+until the rope layout and the scale steps explained those ops: they are recognized now (and
+verify: helium in tests/test_zoo.py, the same forms in the glm and granite fixtures).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pytest
 
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.build import build_graph_and_model
+from hf2kh.ir import RopeLayout, Scale
 from hf2kh.recognize import recognize_model
 from hf2kh.zoo.build import tiny_config
 from hf2kh.zoo.shrink import Tokens
@@ -30,9 +34,9 @@ def _recognize(model_type: str):
 @pytest.mark.parametrize(
     "model_type, op, where",
     [
-        ("helium", "repeat_interleave", "model.layers.0.self_attn"),
-        ("ernie4_5", "repeat_interleave", "model.layers.0.self_attn"),
-        ("granite", "mul", "model.layers.0"),
+        ("diffllama", "repeat", "model.layers.0.self_attn"),
+        ("afmoe", "sigmoid", "model.layers.0.self_attn"),
+        ("beam", "view_as", "model.layers.0.self_attn"),
     ],
 )
 def test_unexplained_op_stops_the_port_naming_it(model_type, op, where):
@@ -41,3 +45,16 @@ def test_unexplained_op_stops_the_port_naming_it(model_type, op, where):
     message = str(info.value)
     assert f"op `{op}` in {where} is not explained" in message, message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("model_type", ["helium", "ernie4_5"])
+def test_interleaved_rope_is_explained(model_type):
+    assert _recognize(model_type).attention.rope.layout is RopeLayout.INTERLEAVED
+
+
+def test_residual_multiplier_is_explained():
+    steps = _recognize("granite").block_types[0].steps
+    assert [(s.input, s.name) for s in steps if isinstance(s, Scale)] == [
+        ("attention", "attention_output_scale"),
+        ("feedforward", "feedforward_output_scale"),
+    ]

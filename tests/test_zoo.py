@@ -3,9 +3,10 @@ marker) the sweep over every type.
 
 The handful run is the real thing: tokenizers trained, tiny checkpoints saved, one worker process
 per type running the full port with verification. Which types verify changes as hf2kh grows, so
-llama and phi3 (sliced fused q/k/v, fused gate/up MLP: no fixture has them) are pinned as
-verified; the others must get one of the statuses with
-a one-line reason, and no bug of ours (a failure before recognition, or a crash).
+llama, phi3 (sliced fused q/k/v, fused gate/up MLP: no fixture has them) and helium (rope on
+interleaved pairs, as `hf2kh zoo` makes it) are pinned as verified; the others must get one of
+the statuses with a one-line reason, and no bug of ours (a failure before recognition, or a
+crash).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def test_unknown_type_is_one_line_error():
 # The sweep on a handful of types (default suite) and on all of them (-m zoo)
 # ----------------------------------------------------------------------------------------------
 
-HANDFUL = ("llama", "phi3", "mixtral")
+HANDFUL = ("llama", "phi3", "helium", "mixtral")
 
 
 def _check_results(data: dict, expected_types) -> None:
@@ -183,6 +184,8 @@ def test_zoo_on_a_handful_of_types(tmp_path):
     assert llama["params"] < MAX_PARAMS and llama["layers"] == 2
     # Phi-3 has no test fixture: sliced fused q/k/v and a fused gate/up MLP
     assert by_type["phi3"]["status"] == "verified", by_type["phi3"]
+    # helium rotates q/k in interleaved pairs (`repeat_interleave` inside attention)
+    assert by_type["helium"]["status"] == "verified", by_type["helium"]
     # mixture of experts reaches the recognizer (its meta-device forward used to fail in inspect)
     assert by_type["mixtral"]["stage"] not in ("config", "model", "save", "source", "inspect")
     assert not any(r["ours"] for r in data["results"]), data["results"]

@@ -26,7 +26,8 @@ def factor(where: str, call: Call) -> float | None:
     found = value if call.target in MULS else 1.0 / value
     x = torch.linspace(-50.0, 50.0, 101)
     op = torch.mul if call.target in MULS else torch.div
-    probes.pick(f"{where}: `{call.target}` by {value:g}", op(x, value), {"scale": lambda: x * found})
+    reference = {"scale": lambda: x * found}
+    probes.pick(f"{where}: `{call.target}` by {value:g}", op(x, value), reference)
     return found
 
 
