@@ -114,9 +114,15 @@ def probe_layout(G, attn: str, sources: list[str], rope: Rope, head_dim: int) ->
 
     run = attention_probe.run(G, attn, replace={s: same_everywhere for s in sources})
     frequencies = probes.rope_inv_freq(rope.theta, rope.rotary_dim, _scaling(rope)).double()
+    # A matmul-like score product takes the key transposed, (..., head_dim, positions): said
+    # by the op, not guessed from the shape, which cannot tell when length == head_dim (64).
+    key_transposed = run.product != "einsum"
     operands = {
-        what: _by_position(operand, run.length, head_dim)[:, :_PROBE_POSITIONS].double()
-        for what, operand in (("query", run.query), ("key", run.key))
+        what: _by_position(operand, run.length, head_dim, transposed)[:, :_PROBE_POSITIONS].double()
+        for what, operand, transposed in (
+            ("query", run.query, False),
+            ("key", run.key, key_transposed),
+        )
     }
     if all(_rotation_error(v, torch.zeros(1), 0, None) <= 1e-4 for v in operands.values()):
         return None
@@ -151,11 +157,13 @@ def _scaling(rope: Rope) -> dict | None:
     return found
 
 
-def _by_position(operand: torch.Tensor, length: int, head_dim: int) -> torch.Tensor:
+def _by_position(
+    operand: torch.Tensor, length: int, head_dim: int, transposed: bool = False
+) -> torch.Tensor:
     """A score-product operand as (rows, positions, head_dim), whatever its axis order
-    ((b, h, s, d), (b*h, s, d), a key given transposed as (b, h, d, s))."""
+    ((b, h, s, d), (b*h, s, d), a key given `transposed` as (b, h, d, s))."""
     x = operand.detach()
-    if x.shape[-1] != head_dim and x.shape[-2] == head_dim:
+    if transposed or (x.shape[-1] != head_dim and x.shape[-2] == head_dim):
         x = x.transpose(-1, -2)
     axis = max(a for a in range(x.ndim - 1) if x.shape[a] == length)
     return x.movedim(axis, -2).reshape(-1, length, head_dim)
