@@ -13,6 +13,7 @@ import typer
 from hf2kh.crash import INTERNAL_ERROR_EXIT, internal_error_message, one_line, write_crash_report
 from hf2kh.errors import Hf2khError
 from hf2kh.interrupt import Interrupted, signals_as_exceptions
+from hf2kh.verify.terminal import silence_native_logs
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -31,6 +32,18 @@ Token = Annotated[
 TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own modeling code.")
 ]
+Device = Annotated[str, typer.Option(help="Torch device for verification (cpu, cuda).")]
+Dtype = Annotated[str, typer.Option(help="Compute dtype: float32 (exact), bfloat16 or float16.")]
+Junit = Annotated[Path | None, typer.Option(help="Also write the verification as JUnit XML.")]
+Backend = Annotated[
+    str,
+    typer.Option(help="Keras backend the port is verified on: torch, jax or tensorflow."),
+]
+Rtol = Annotated[
+    float | None,
+    typer.Option(help="Tolerance (error relative to RMS + |element|); default: the dtype's."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary on stdout.")]
 AllowPickle = Annotated[
     bool,
     typer.Option("--allow-pickle", help="Allow pickled .bin weights (loaded with weights_only)."),
@@ -86,16 +99,12 @@ def port(
     token: Token = None,
     trust_remote_code: TrustRemoteCode = False,
     allow_pickle: AllowPickle = False,
-    device: Annotated[str, typer.Option(help="Torch device for verification (cpu, cuda).")] = "cpu",
-    dtype: Annotated[
-        str, typer.Option(help="Compute dtype: float32 (exact), bfloat16 or float16.")
-    ] = "float32",
-    junit: Annotated[
-        Path | None, typer.Option(help="Also write the verification as JUnit XML.")
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress and no summary on stdout.")
-    ] = False,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    backend: Backend = "torch",
+    rtol: Rtol = None,
+    junit: Junit = None,
+    quiet: Quiet = False,
 ) -> None:
     """Generate a KerasHub package for a checkpoint, convert its weights, optionally verify.
 
@@ -125,6 +134,8 @@ def port(
         device=device,
         dtype=dtype,
         junit=junit,
+        backend=backend,
+        rtol=rtol,
     )
     if device != "cpu":
         os.environ.setdefault("KERAS_TORCH_DEVICE", device)
@@ -135,6 +146,64 @@ def port(
 
         raise VerificationFailed(
             f"verification failed: {result.verification.first_divergence or 'see the table above'}"
+        )
+
+
+@app.command()
+def verify(
+    port_dir: Annotated[Path, typer.Argument(help="The --out directory of an earlier port.")],
+    repo: Annotated[
+        str | None,
+        typer.Argument(help="Checkpoint to compare with (default: the one the port records)."),
+    ] = None,
+    revision: Revision = None,
+    token: Token = None,
+    trust_remote_code: TrustRemoteCode = False,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    backend: Backend = "torch",
+    rtol: Rtol = None,
+    junit: Junit = None,
+    quiet: Quiet = False,
+) -> None:
+    """Re-check an existing port (its package and preset) against its checkpoint or another one.
+
+    Same table, report.json (updated in the port directory), --junit and exit codes as
+    `port --verify`."""
+    from rich.console import Console
+
+    from hf2kh.errors import BadOptionError, VerificationFailed
+    from hf2kh.verify.command import run_verify
+    from hf2kh.verify.report import print_report
+    from hf2kh.verify.run import VerifyOptions
+
+    if dtype not in DTYPES:
+        raise BadOptionError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    options = VerifyOptions(dtype=dtype, device=device, backend=backend, rtol=rtol)
+    console = Console(quiet=quiet)
+    if quiet or not sys.stderr.isatty():
+        _no_progress_bars()
+    if device != "cpu":
+        os.environ.setdefault("KERAS_TORCH_DEVICE", device)
+    console.print(f"[cyan]>[/] verify: comparing HF and the port in {port_dir} ({backend})")
+    report = run_verify(
+        port_dir,
+        repo,
+        revision=revision,
+        token=token,
+        trust_remote_code=trust_remote_code,
+        options=options,
+    )
+    if junit:
+        report.write_junit(junit)
+    print_report(report, console)
+    console.print(
+        f"[bold]verification[/] {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}"
+    )
+    console.print(f"[bold]report[/] {port_dir / 'report.json'}")
+    if not report.passed:
+        raise VerificationFailed(
+            f"verification failed: {report.first_divergence or 'see the table above'}"
         )
 
 
@@ -166,6 +235,7 @@ def main() -> None:
     model, 3 internal error (a bug in hf2kh), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     Every failure is one `error:` line on stderr; progress goes to stdout."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    silence_native_logs()
     try:
         with signals_as_exceptions():
             app()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf2kh import output
-from hf2kh.errors import Hf2khError, SourceError, VerificationFailed
+from hf2kh.errors import Hf2khError, SourceError
 
 
 @dataclass
@@ -36,6 +36,13 @@ class PortOptions:
     device: str = "cpu"
     dtype: str = "float32"
     junit: Path | None = None
+    backend: str = "torch"  # the Keras backend verification runs on
+    rtol: float | None = None  # overrides the dtype's verification tolerance
+
+    def verify_options(self):
+        from hf2kh.verify.run import VerifyOptions
+
+        return VerifyOptions(self.dtype, self.device, self.backend, self.rtol)
 
 
 @dataclass
@@ -75,6 +82,8 @@ def check_name_is_free(name: str) -> None:
 def run_port(options: PortOptions, progress: Callable[[str], None] = print) -> PortResult:
     """Port `options.repo` into `options.out`; see `hf2kh.output` for how `--out` is written."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    if options.verify:
+        options.verify_options()  # a bad --backend or --rtol fails before anything is written
     out = output.target_path(options.out)
     description = {"repo": options.repo, "revision": options.revision}
     with output.staged_output(out, options.force, progress, description) as staging:
@@ -157,7 +166,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     preset_dir = staging / "preset"
     num_params = sum(math.prod(p.shape) for p in graph.parameters)
     ctx = Context(ir, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params)
-    hf_model = load_hf_model(ckpt, config, options)
+    hf_model = load_hf_model(ckpt, config, options.device, options.trust_remote_code)
     hf_tokenizer = load_hf_tokenizer(ckpt)
     package_dir = staging / name
     files = write_package(ctx, package_dir, ckpt.path, table, hf_model, hf_tokenizer)
@@ -192,43 +201,45 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         "passed": None,
     }
     if options.verify:
+        from hf2kh.verify.run import HFSide, PortFiles, Reference, report_fields
+
         progress("verify: comparing HF and the converted KerasHub model")
-        verification = verify_port(
-            module, ir, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options
-        )
+        files = PortFiles(staging, name, preset_dir, staging / "model_ir.json")
+        reference = Reference(Path(ckpt.path), options.trust_remote_code)
+        hf_side = HFSide(hf_model, hf_tokenizer, tokenizer_spec)
+        verification = verify_port(module, ir, files, reference, hf_side, options.verify_options())
         result.verification = verification
-        report["checks"] = verification.to_json()["checks"]
-        report["first_divergence"] = verification.first_divergence
-        report["passed"] = verification.passed
+        report.update(report_fields(verification))
         if options.junit:
             verification.write_junit(options.junit)
     result.report_path.write_text(json.dumps(report, indent=1) + "\n")
     return result
 
 
-def load_hf_model(ckpt, config, options: PortOptions):
+def load_hf_model(ckpt, config, device: str = "cpu", trust_remote_code: bool = False):
+    """The HF reference: float32, eager attention, on `device` (TF32 off)."""
     import torch
 
     from hf2kh.inspect.build import model_class_for
 
-    cls = model_class_for(config, options.trust_remote_code)
+    cls = model_class_for(config, trust_remote_code)
     try:
         model = cls.from_pretrained(
             ckpt.path,
             config=config,
             dtype=torch.float32,
             attn_implementation="eager",
-            trust_remote_code=options.trust_remote_code,
+            trust_remote_code=trust_remote_code,
             use_safetensors=ckpt.weight_format == "safetensors",
         )
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
         raise SourceError(
             f"transformers cannot load the checkpoint: {str(exc).splitlines()[0]}"
         ) from exc
-    if options.device != "cpu":
+    if device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        model = model.to(options.device)
+        model = model.to(device)
     return model.eval()
 
 
@@ -280,26 +291,11 @@ def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtyp
         raise Hf2khError(f"the generated conversion script failed: {last}")
 
 
-def verify_port(module, ir, preset_dir, hf_model, hf_tokenizer, tokenizer_spec, options):
-    import keras_hub
+def verify_port(module, ir, files, reference, hf_side, verify_options):
+    """The port's verification (`hf2kh.verify.run`, shared with `hf2kh verify`): in this process
+    with the HF model already loaded, or on another Keras backend in a child process."""
+    from hf2kh.verify.run import current_backend, verify, verify_loaded
 
-    from hf2kh.generate.tokenizer import tokenizer_test_corpus
-    from hf2kh.verify.decoder import verify_decoder
-
-    causal_lm = keras_hub.models.CausalLM.from_preset(str(preset_dir))
-    expected_cls = getattr(module, f"{ir.class_prefix}CausalLM")
-    if type(causal_lm) is not expected_cls:
-        raise VerificationFailed(
-            f"the preset loads as {type(causal_lm).__name__}, not {expected_cls.__name__}"
-        )
-    blocks = [ir.block_path(i) for i in range(ir.num_layers)]
-    return verify_decoder(
-        hf_model,
-        causal_lm,
-        blocks,
-        hf_tokenizer,
-        tokenizer_test_corpus(tokenizer_spec.special_tokens),
-        name=ir.name,
-        dtype=options.dtype,
-        device=options.device,
-    )
+    if verify_options.backend == current_backend():
+        return verify_loaded(module, ir, files, hf_side, verify_options)
+    return verify(files, reference, verify_options)

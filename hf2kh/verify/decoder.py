@@ -13,6 +13,7 @@ import torch
 
 from hf2kh.verify.compare import TOLERANCES, Comparison, compare
 from hf2kh.verify.report import Check, VerifyReport
+from hf2kh.verify.sublayers import MODES, HFPointRecorder, KerasPointRecorder, Point, same_shape
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,11 @@ class Case:
     """One input batch: `lengths[i]` real tokens in row i, right-padded to `max(lengths)`."""
 
     lengths: tuple[int, ...]
+
+
+# The sample batches are drawn with these seeds, one per case; the greedy prompts with GREEDY_SEED.
+INPUT_SEEDS = (0, 1, 2)
+GREEDY_SEED = 99
 
 
 def default_cases(max_positions: int | None) -> list[Case]:
@@ -109,11 +115,18 @@ def verify_decoder(
     device: str = "cpu",
     cases: list[Case] | None = None,
     new_tokens: int = 16,
+    rtol: float | None = None,
+    sublayers: list[list[Point]] | None = None,
 ) -> VerifyReport:
+    """`rtol` overrides the dtype's tolerance; `sublayers` (`hf2kh.verify.sublayers`) are the
+    module outputs compared inside each block to say where a failing block goes wrong."""
     import keras
 
     report = VerifyReport(model=name, dtype=dtype, device=device)
-    tolerance = TOLERANCES[dtype]
+    tolerance = TOLERANCES[dtype] if rtol is None else rtol
+    points = [p for layer_points in sublayers or [] for p in layer_points]
+    keras_points = KerasPointRecorder(causal_lm.backbone, points)
+    point_results: dict[tuple[str, str], list[Comparison]] = {}
     backbone = causal_lm.backbone
     vocab = backbone.vocabulary_size
     cases = cases or default_cases(getattr(backbone, "max_sequence_length", None))
@@ -124,10 +137,11 @@ def verify_decoder(
     alone: list[list[Comparison]] = [[] for _ in block_paths]
     embeds: list[Comparison] = []
     logits: list[Comparison] = []
-    for seed, case in enumerate(cases):
+    for seed, case in zip(INPUT_SEEDS, cases, strict=False):
         token_ids, padding_mask = make_inputs(case, vocab, seed)
         valid = padding_mask.astype(bool)
         recorder = HFRecorder(hf_model, block_paths)
+        hf_points = HFPointRecorder(hf_model, points)
         try:
             with torch.no_grad():
                 device_of = next(hf_model.parameters()).device
@@ -142,8 +156,11 @@ def verify_decoder(
                 )
         finally:
             recorder.close()
+            hf_points.close()
         inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        keras_points.mode = MODES[0]
         keras_layers = layer_model(inputs)
+        keras_points.mode = None
         keras_logits = _numpy(causal_lm(inputs))
         embeds.append(
             compare(
@@ -159,13 +176,17 @@ def verify_decoder(
             per_layer[i].append(
                 compare(layer.name, hf_out, _numpy(keras_layers[i]), valid, tolerance)
             )
+            keras_points.mode = MODES[1]
             block_alone = layer(
                 keras.ops.convert_to_tensor(recorder.inputs[i].numpy()), padding_mask=padding_mask
             )
+            keras_points.mode = None
             alone[i].append(
                 compare(f"{layer.name} alone", hf_out, _numpy(block_alone), valid, tolerance)
             )
         logits.append(compare("logits", hf_logits, keras_logits, valid, tolerance))
+        _compare_points(points, hf_points, keras_points, valid, tolerance, point_results)
+    keras_points.close()
 
     shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
     report.checks.append(_check(_worst(embeds), "layers"))
@@ -175,10 +196,91 @@ def verify_decoder(
         report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
     report.checks.append(_check(_worst(logits), "logits", f"batches {shapes}, right padding"))
     report.first_divergence = _first_divergence(report.checks, block_paths)
+    located = _localize(report.checks, sublayers or [], keras_points.order, point_results)
+    report.checks.extend(located)
+    if located and report.first_divergence:
+        first = located[0]
+        report.first_divergence += f"; first diverging sublayer {first.name}: {first.detail}"
 
     report.checks.append(_greedy_check(hf_model, causal_lm, vocab, new_tokens, tolerance))
     report.checks.extend(_tokenizer_checks(hf_tokenizer, causal_lm.preprocessor, corpus))
     return report
+
+
+def _compare_points(points, hf_points, keras_points, valid, tolerance, results) -> None:
+    """Compare this case's recorded sublayer outputs (where both sides have the tensor)."""
+    for point in points:
+        reference = hf_points.outputs.get(point.hf_path)
+        for mode in MODES:
+            candidate = keras_points.outputs[mode].get(point.keras_path)
+            if reference is None or candidate is None:
+                continue
+            candidate = same_shape(reference, candidate)
+            if candidate is not None:
+                results.setdefault((mode, point.keras_path), []).append(
+                    compare(point.keras_path, reference, candidate, valid, tolerance)
+                )
+
+
+def _localize(checks, sublayers, order, results) -> list[Check]:
+    """For each failing layer, in each mode, the first compared sublayer (in the order the block
+    computes them) that diverges, named by its Keras and HF paths: a `sublayers` check. Points
+    that diverge in a block passing on its own are not the same tensor on both sides (see
+    `hf2kh.verify.sublayers`) and are left out."""
+    by_name = {c.name: c for c in checks}
+    rank = {path: n for n, path in enumerate(order)}
+    worst = {key: _worst(found) for key, found in results.items()}
+    passing_blocks = {
+        i
+        for i, layer_points in enumerate(sublayers)
+        if by_name.get(f"transformer_layer_{i} alone", Check("", "", False, "")).passed
+    }
+    not_same = {
+        p.relative
+        for i in passing_blocks
+        for p in sublayers[i]
+        if (c := worst.get((MODES[1], p.keras_path))) is not None and not c.passed
+    }
+    located = []
+    for i, layer_points in enumerate(sublayers):
+        name = f"transformer_layer_{i}"
+        layer, alone = by_name.get(name), by_name.get(f"{name} alone")
+        if layer is None or (layer.passed and alone is not None and alone.passed):
+            continue
+        usable = sorted(
+            (p for p in layer_points if p.relative not in not_same),
+            key=lambda p: rank.get(p.keras_path, len(rank)),
+        )
+        for mode in MODES:
+            first = next(
+                (
+                    (p, worst[(mode, p.keras_path)])
+                    for p in usable
+                    if (mode, p.keras_path) in worst and not worst[(mode, p.keras_path)].passed
+                ),
+                None,
+            )
+            if first is None:
+                continue
+            point, c = first
+            starts = mode == MODES[1] or not worst.get((MODES[1], point.keras_path), c).passed
+            where = "the error starts here" if starts else "the error accumulates from upstream"
+            located.append(
+                _check(
+                    Comparison(
+                        f"{point.keras_path} ({mode})",
+                        c.max_abs,
+                        c.rel_rms,
+                        c.rel_elementwise,
+                        c.worst_index,
+                        c.tolerance,
+                    ),
+                    "sublayers",
+                    f"HF {point.hf_path}: the first diverging sublayer of {name} {mode}, "
+                    f"worst at {list(c.worst_index)}; {where}",
+                )
+            )
+    return located
 
 
 def _first_divergence(checks: list[Check], block_paths: list[str]) -> str | None:
@@ -281,7 +383,7 @@ def _first_difference(got: list[int], expected: list[int]) -> int | None:
 
 def greedy_prompts(vocab: int, max_positions: int | None, new_tokens: int) -> list[np.ndarray]:
     """The prompts of the greedy check (random token ids, `GREEDY_PROMPT_LENGTHS`)."""
-    rng = np.random.default_rng(99)
+    rng = np.random.default_rng(GREEDY_SEED)
     lengths = list(GREEDY_PROMPT_LENGTHS)
     if max_positions:
         lengths = [max(1, min(n, max_positions - new_tokens)) for n in lengths]

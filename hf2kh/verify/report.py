@@ -16,7 +16,7 @@ class Check:
     """One verification check (a tensor comparison, generation, tokenizer ids...)."""
 
     name: str
-    group: str  # "layers", "blocks", "logits", "generation", "tokenizer"
+    group: str  # "layers", "blocks", "sublayers", "logits", "generation", "tokenizer"
     passed: bool
     detail: str
     max_abs: float | None = None
@@ -32,6 +32,7 @@ class VerifyReport:
     device: str
     checks: list[Check] = field(default_factory=list)
     first_divergence: str | None = None
+    environment: dict = field(default_factory=dict)  # hf2kh.verify.environment
 
     @property
     def passed(self) -> bool:
@@ -44,6 +45,7 @@ class VerifyReport:
             "device": self.device,
             "passed": self.passed,
             "first_divergence": self.first_divergence,
+            "environment": self.environment,
             "checks": [
                 {
                     "name": c.name,
@@ -58,6 +60,31 @@ class VerifyReport:
                 for c in self.checks
             ],
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> VerifyReport:
+        """The report `to_json` wrote (a child verification on another backend sends it)."""
+        checks = [
+            Check(
+                c["name"],
+                c["group"],
+                c["passed"],
+                c["detail"],
+                c["max_abs"],
+                c["rel_rms"],
+                tuple(c["worst_index"]) if c["worst_index"] is not None else None,
+                c["rel_elementwise"],
+            )
+            for c in data["checks"]
+        ]
+        return cls(
+            data["model"],
+            data["dtype"],
+            data["device"],
+            checks,
+            data.get("first_divergence"),
+            data.get("environment") or {},
+        )
 
     def write_junit(self, path: Path) -> None:
         suite = ET.Element(
