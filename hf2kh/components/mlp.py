@@ -31,6 +31,7 @@ EXPRESSIONS = {
     Activation.GELU: "ops.gelu({x}, approximate=False)",
     Activation.GELU_TANH: "ops.gelu({x}, approximate=True)",
     Activation.RELU: "ops.relu({x})",
+    Activation.RELU_SQUARED: "ops.square(ops.relu({x}))",
 }
 
 

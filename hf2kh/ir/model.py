@@ -28,6 +28,7 @@ class Activation(enum.Enum):
     GELU = "gelu"
     GELU_TANH = "gelu_approximate"
     RELU = "relu"
+    RELU_SQUARED = "relu_squared"  # relu(x) ** 2 (Arcee, Nemotron)
 
 
 class WeightLayout(enum.Enum):

@@ -84,6 +84,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": lambda x: torch.nn.functional.gelu(x),
     "gelu_approximate": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
     "relu": torch.relu,
+    "relu_squared": lambda x: torch.relu(x).square(),
 }
 
 
