@@ -44,9 +44,14 @@ class BlockCode:
         lines = [f"self.{name} = {ctx.prefix}Attention("]
         lines += [f"    {a}=self.{a}," for a in args]
         if ctx.rope is not None:
-            lines.append(f"    rotary_embedding={ctx.prefix}RotaryEmbedding(")
-            lines += [f"        {ctx.rope_arg(f)}=self.{f}," for f in ctx.rope_fields]
-            lines += ["        dtype=self.dtype_policy,", "    ),"]
+            rotary = [f"{ctx.prefix}RotaryEmbedding("]
+            rotary += [f"    {ctx.rope_arg(f)}=self.{f}," for f in ctx.rope_fields]
+            rotary += ["    dtype=self.dtype_policy,", ")"]
+            if ctx.rope_per_layer:  # a layer without rope gets no rotary embedding
+                rotary = ["(", *(f"    {r}" for r in rotary), "    if self.use_rope"]
+                rotary += ["    else None", ")"]
+            lines.append(f"    rotary_embedding={rotary[0]}")
+            lines += [f"    {r}" for r in rotary[1:-1]] + [f"    {rotary[-1]},"]
         lines += [
             "    kernel_initializer=self.kernel_initializer,",
             "    dtype=self.dtype_policy,",

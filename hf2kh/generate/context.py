@@ -44,7 +44,7 @@ class Context:
     def __post_init__(self) -> None:
         # Block types that differ only in constructor values (Gemma 3's rope theta per layer
         # type) are one block class, each layer built with its own values (`per_layer_args`).
-        shapes = {_without_values(b) for b in self.ir.block_types}
+        shapes = {_without_values(b, self.rope) for b in self.ir.block_types}
         if len(shapes) != 1:
             raise UnsupportedModelError(
                 f"{len(self.ir.block_types)} structurally different block types; "
@@ -87,7 +87,13 @@ class Context:
 
     @property
     def rope(self):
-        return self.attention.rope
+        """The model's rope (the first block type's that has one)."""
+        return next((b.attention.rope for b in self.ir.block_types if b.attention.rope), None)
+
+    @property
+    def rope_per_layer(self) -> bool:
+        """Some layers rotate queries and keys and others do not (Cohere 2, SmolLM3)."""
+        return self.rope is not None and any(b.attention.rope is None for b in self.ir.block_types)
 
     @property
     def norms(self) -> list[Norm]:
@@ -220,7 +226,10 @@ class Context:
             attention_component.args(attention),
         ]
         groups += [norm_component.args(n) for n in norms]
-        groups.append(rope_component.args(attention.rope) if attention.rope else [])
+        groups.append(rope_component.args(attention.rope or self.rope) if self.rope else [])
+        if self.rope_per_layer:
+            doc = "bool. Whether the layer rotates queries and keys (rope)."
+            groups.append([Arg("use_rope", attention.rope is not None, doc)])
         for step in block.steps:
             if isinstance(step, Scale):
                 groups.append(scale_component.args(step.name, step.input, step.factor))
@@ -405,13 +414,15 @@ class Context:
         return config
 
 
-def _without_values(block):
-    """`block` with the values a constructor argument carries blanked (rope parameters), so block
-    types that differ only in them compare equal."""
+def _without_values(block, rope):
+    """`block` with the values a constructor argument carries blanked (rope parameters; a layer
+    without rope, `use_rope`, as one with the model's `rope`), so block types that differ only
+    in them compare equal."""
     components = []
     for c in block.components:
         spec = c.spec
-        if isinstance(spec, Attention) and spec.rope is not None:
-            spec = dataclasses.replace(spec, rope=dataclasses.replace(spec.rope, theta=0.0))
+        if isinstance(spec, Attention) and (spec.rope or rope) is not None:
+            blank = dataclasses.replace(spec.rope or rope, theta=0.0)
+            spec = dataclasses.replace(spec, rope=blank)
         components.append(dataclasses.replace(c, spec=spec))
     return dataclasses.replace(block, components=tuple(components))
