@@ -172,7 +172,8 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     files = write_package(ctx, package_dir, ckpt.path, table, hf_model, hf_tokenizer)
     module = import_generated(staging, name)
     backbone_cls = getattr(module, f"{ir.class_prefix}Backbone")
-    keras_variables = _keras_variables(backbone_cls, ctx.backbone_config)
+    task_cls = getattr(module, ctx.task_class)
+    keras_variables = _keras_variables(backbone_cls, task_cls, ctx.backbone_config)
     audit_keras(table, keras_variables)
 
     progress("convert: running the generated conversion script")
@@ -265,9 +266,10 @@ def import_generated(parent: Path, name: str):
         sys.path.remove(str(parent))
 
 
-def _keras_variables(backbone_cls, config: dict) -> dict[str, tuple[int, ...]]:
-    backbone = backbone_cls(**config)
-    return {v.path: tuple(v.shape) for v in backbone.weights}
+def _keras_variables(backbone_cls, task_cls, config: dict) -> dict[str, tuple[int, ...]]:
+    """The variables the conversion fills: the task's (its backbone's and its head's)."""
+    task = task_cls(backbone_cls(**config))
+    return {v.path: tuple(v.shape) for v in task.weights}
 
 
 def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtype: str) -> None:

@@ -157,10 +157,11 @@ def _without_names(data):
     return data
 
 
-def test_decisions_do_not_read_model_type_or_class_names(hf_fixture):
+@pytest.mark.parametrize("fixture", ["qwen3", "bert"])
+def test_decisions_do_not_read_model_type_or_class_names(hf_fixture, fixture):
     """Blank every name the checkpoint reports (model_type, architectures, every module's class,
     through renamed subclasses): the IR is the same."""
-    path = hf_fixture("qwen3")
+    path = hf_fixture(fixture)
     config = AutoConfig.from_pretrained(path)
     graph, model = build_graph_and_model(config)
     original = recognize_model(graph, model, config, name="m", source="s", revision=None)

@@ -19,10 +19,10 @@ from hf2kh.components import fused_qkv
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import softcap as softcap_component
-from hf2kh.components.base import Arg, check_output_is, explain_ops
+from hf2kh.components.base import Arg, check_output_is, explain_ops, post_norm_inside
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.weight_map import WeightRow
-from hf2kh.inspect.dataflow import PASSTHROUGH
+from hf2kh.inspect.dataflow import PASSTHROUGH, first_call
 from hf2kh.ir import Attention, QkvLayout, RopeLayout, WeightLayout
 from hf2kh.recognize import probes
 from hf2kh.recognize.graph_view import GraphView
@@ -69,17 +69,19 @@ def _projection(G: GraphView, path: str, width: int) -> tuple[WeightLayout, bool
     return WeightLayout(layout), bias
 
 
-def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str]):
-    """(Attention, weights: role -> HF module path) of the attention module `attn`."""
+def recognize(
+    G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str], causal: bool = True
+):
+    """(Attention, weights: role -> HF module path) of the attention module `attn`; `causal` as
+    the block's reach probe measured it."""
     calls = G.calls_within(attn)
-    node = G.g.module(attn)
+    projections, norm_children, children = _parts(G, attn)
     matmuls = _products(G, attn, calls)
     if len(matmuls) < 2:
         raise UnsupportedModelError(f"{attn}: expected the two matmuls of eager attention")
     scores, mixes = matmuls[0], matmuls[-1]
     q_val, k_val = scores.inputs[-2], scores.inputs[-1]
     v_val = mixes.inputs[-1]
-    projections = [c for c in node.children if G.is_projection(c)]
 
     def feeds(p: str, v: int) -> bool:
         return G.derives(v, G.out(p))
@@ -124,13 +126,15 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
     o_layout, o_bias = _projection(G, o[0], q_out)
     weights["output"] = o[0]
     # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
-    own = [c for c in calls if not any(_within(c.scope, child) for child in node.children)]
+    own = [c for c in calls if not any(_within(c.scope, child) for child in children)]
     scale, softcap, explained = _scores(G, attn, own, scores)
     # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
     alibi, product = alibi_component.recognize(G, attn, evidence)
     scale *= product.get("alpha", 1.0) if scores.target == "baddbmm" else 1.0
     qk_norm = None
-    norm_children = [c for c in node.children if G.is_norm(c)]
+    # BERT's attention normalizes its output after adding the residual: that norm is a block step
+    post_norm = post_norm_inside(G, attn, first_call(G.g, attn))
+    norm_children = [c for c in norm_children if post_norm is None or c != post_norm[0]]
     if norm_children:
         q_norms = [c for c in norm_children if feeds(c, q_val)]
         k_norms = [c for c in norm_children if feeds(c, k_val)]
@@ -172,6 +176,7 @@ def recognize(G: GraphView, attn: str, hidden_dim: int, rope, evidence: list[str
         qk_norm=qk_norm,
         softcap=softcap,
         alibi=alibi,
+        causal=causal,
     )
     evidence.append(
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
@@ -221,10 +226,31 @@ def _scores(G: GraphView, attn: str, own, scores) -> tuple[float, float | None, 
     return scale, softcap, explained
 
 
+def _parts(G: GraphView, attn: str) -> tuple[list[str], list[str], list[str]]:
+    """(projections, norms, other children) of the attention module. Parameterless containers
+    holding them are looked into (BERT's `attention.self` with q/k/v and `attention.output` with
+    the output projection and the post-norm): their own ops are the attention's."""
+    projections, norms, others = [], [], []
+
+    def visit(path: str) -> None:
+        for child in G.g.module(path).children:
+            if G.is_projection(child):
+                projections.append(child)
+            elif G.is_norm(child):
+                norms.append(child)
+            elif G.subtree_params(child) and not G.own_params(child):
+                visit(child)
+            else:
+                others.append(child)
+
+    visit(attn)
+    return projections, norms, [*projections, *norms, *others]
+
+
 def _products(G: GraphView, attn: str, calls):
     """The matrix products of the attention (scores, mix), not those inside its projections
     (Falcon's `FalconLinear` multiplies with `@`)."""
-    projections = [c for c in G.g.module(attn).children if G.is_projection(c)]
+    projections = _parts(G, attn)[0]
     return [
         c
         for c in calls

@@ -8,6 +8,7 @@ variable names are defined there once; the generated code and the weight table b
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,13 +73,42 @@ def residual_inside(G, module: str, call) -> tuple[int, int | None, list]:
     return call.outputs[0], None, []
 
 
+def post_norm_inside(G, module: str, call) -> tuple[str, int] | None:
+    """A module ending in `norm(own + residual)` (BERT's attention, whose `output` child adds the
+    residual and normalizes): (the norm's path, the value it normalizes). None when the module's
+    output (only moved) is not a norm's."""
+    producers: dict[int, object] = {}
+    for c in G.calls_within(module):
+        for o in c.outputs:
+            # the innermost module giving the value (the norm, not the container holding it,
+            # nor the op inside the norm that computed it)
+            if o not in producers or c.kind == "module":
+                producers[o] = c
+    value = call.outputs[0]
+    while (made := producers.get(value)) is not None and made.kind == "function":
+        if made.target not in PASSTHROUGH or not made.inputs:
+            return None
+        value = made.inputs[0]
+    if made is None or not G.is_norm(made.target):
+        return None
+    return made.target, made.inputs[0]
+
+
+def before_post_norm(G, module: str, call):
+    """`call` (of `module`) as if it returned what its inner post-norm normalizes."""
+    inside = post_norm_inside(G, module, call)
+    return call if inside is None else dataclasses.replace(call, outputs=[inside[1]])
+
+
 def check_output_is(G, module: str, projection: str, residual_ok: bool = False) -> None:
     """The module's output must be its output projection's, only moved; with `residual_ok`,
-    plus a residual the block passed it (`residual_inside`: the block's steps then hold that add).
+    plus a residual the block passed it (`residual_inside`: the block's steps then hold that add),
+    possibly normalized after it (`post_norm_inside`: and that norm).
     Anything else is computed by no component."""
     value, made = G.out(module), G.out(projection)
     if residual_ok:
-        value, _, _ = residual_inside(G, module, first_call(G.g, module))
+        call = before_post_norm(G, module, first_call(G.g, module))
+        value, _, _ = residual_inside(G, module, call)
     producers = {o: c for c in G.calls_within(module) for o in c.outputs}
     while value != made:
         call = producers.get(value)

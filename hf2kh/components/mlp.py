@@ -75,7 +75,7 @@ def recognize(
     )
     if act_call is None:
         raise UnsupportedModelError(f"{where}: no MLP activation found")
-    activation = _activation(G, act_call, where)
+    activation = recognize_activation(G, act_call, where)
     gate = next((p for v, p in sources.items() if v in act_call.inputs), None)
     if gate is None:
         raise UnsupportedModelError(f"{where}: the activation does not read a projection")
@@ -135,7 +135,8 @@ def _within_any(scope: str, paths) -> bool:
     return any(_within(scope, p) for p in paths)
 
 
-def _activation(G: GraphView, call: Call, where: str) -> Activation:
+def recognize_activation(G: GraphView, call: Call, where: str) -> Activation:
+    """The activation `call` (a module or a torch function) computes, by a probe."""
     try:
         if call.kind == "module":
             fn = probes.materialize(G.submodule(call.target))

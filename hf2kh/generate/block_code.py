@@ -17,6 +17,9 @@ class BlockCode:
     def __init__(self, ctx):
         self.ctx = ctx
         self.block = ctx.block
+        # the argument of `build()`; encoder blocks have no key/value cache
+        self.shape = "encoder_sequence_shape" if ctx.encoder else SHAPE
+        self.cached = not ctx.encoder
 
     # -- build() -------------------------------------------------------------------------------
     @property
@@ -30,7 +33,7 @@ class BlockCode:
                 )
                 lines += [
                     f"self.{component.name} = {layer}",
-                    f"self.{component.name}.build({SHAPE})",
+                    f"self.{component.name}.build({self.shape})",
                 ]
             elif isinstance(spec, Attention):
                 lines += self._attention_build(component.name)
@@ -57,7 +60,7 @@ class BlockCode:
             "    dtype=self.dtype_policy,",
             f'    name="{name}",',
             ")",
-            f"self.{name}.build({SHAPE})",
+            f"self.{name}.build({self.shape})",
         ]
         return lines
 
@@ -67,11 +70,11 @@ class BlockCode:
         if mlp.gated:
             lines += [
                 f'self.{layers["gate"]} = self._dense(self.intermediate_dim, "{layers["gate"]}")',
-                f"self.{layers['gate']}.build({SHAPE})",
+                f"self.{layers['gate']}.build({self.shape})",
             ]
         lines += [
             f'self.{layers["up"]} = self._dense(self.intermediate_dim, "{layers["up"]}")',
-            f"self.{layers['up']}.build({SHAPE})",
+            f"self.{layers['up']}.build({self.shape})",
             f'self.{layers["down"]} = self._dense(self.hidden_dim, "{layers["down"]}")',
             f"self.{layers['down']}.build((None, None, self.intermediate_dim))",
         ]
@@ -90,7 +93,9 @@ class BlockCode:
                 continue
             spec = self.block.component(step.component).spec
             (source,) = step.inputs
-            if isinstance(spec, Attention):
+            if isinstance(spec, Attention) and not self.cached:
+                lines.append(f"{step.out} = self.{step.component}({source}, attention_mask=mask)")
+            elif isinstance(spec, Attention):
                 lines += [
                     f"{step.out} = self.{step.component}(",
                     f"    {source}, attention_mask=mask, cache=cache, "

@@ -14,6 +14,7 @@ from typing import Any
 
 from hf2kh.components import alibi as alibi_component
 from hf2kh.components import attention as attention_component
+from hf2kh.components import head_transform
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
@@ -22,7 +23,7 @@ from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, merge_args
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.block_code import BlockCode
-from hf2kh.ir import Attention, Mlp, ModelIR, Norm, NormKind, Positions, Scale
+from hf2kh.ir import Attention, Mlp, ModelIR, Norm, NormKind, Positions, Scale, Task
 
 BLOCK_SIZES = (
     "num_query_heads",
@@ -153,6 +154,45 @@ class Context:
     def hf_norm_class(self) -> str:
         norms = [c for c in self.block.components if isinstance(c.spec, Norm)]
         return norms[0].hf_class if norms else "LayerNorm"
+
+    # -- the task: causal LM (decoder blocks) or masked LM (encoder blocks) ----------------------
+    @property
+    def encoder(self) -> bool:
+        return self.ir.head.task is Task.MASKED_LM
+
+    @property
+    def block_module(self) -> str:
+        return f"{self.package}_{'encoder' if self.encoder else 'decoder'}"
+
+    @property
+    def block_class(self) -> str:
+        return f"{self.prefix}{'Encoder' if self.encoder else 'Decoder'}Block"
+
+    @property
+    def task_module(self) -> str:
+        return f"{self.package}_{self.ir.head.task.value}"
+
+    @property
+    def task_class(self) -> str:
+        return self.prefix + ("MaskedLM" if self.encoder else "CausalLM")
+
+    @property
+    def preprocessor_module(self) -> str:
+        return f"{self.task_module}_preprocessor"
+
+    @property
+    def preprocessor_class(self) -> str:
+        return f"{self.task_class}Preprocessor"
+
+    @property
+    def segments(self) -> bool:
+        """The backbone takes `segment_ids` (token types)."""
+        return self.ir.stem.hf_token_types is not None
+
+    @property
+    def task_args(self) -> list[Arg]:
+        """Constructor arguments of the task class beyond `backbone` and `preprocessor`."""
+        return head_transform.args(self.ir.head.transform) if self.ir.head.transform else []
 
     # -- constructor arguments -----------------------------------------------------------------
     @property
@@ -303,6 +343,10 @@ class Context:
                     "and back for the language-model head.",
                 )
             )
+        if stem.hf_token_types is not None:
+            args.append(
+                Arg("num_segments", stem.type_vocab_size, "int. Rows of the segment embedding.")
+            )
         if stem.positions is Positions.LEARNED:
             args.append(
                 Arg(
@@ -360,7 +404,8 @@ class Context:
 
     @property
     def head_bias(self) -> bool:
-        return self.ir.head.bias
+        """The backbone adds the LM head's bias (a masked-LM head holds its own)."""
+        return self.ir.head.bias and not self.encoder
 
     def activation_expr(self, x: str) -> str:
         return mlp_component.expression(self.mlp, x)
@@ -373,7 +418,8 @@ class Context:
     def preset_description(self) -> str:
         ir = self.ir
         return (
-            f"{ir.num_layers}-layer decoder ported from {ir.source} ({ir.hf_model_class}) by hf2kh."
+            f"{ir.num_layers}-layer {'encoder' if self.encoder else 'decoder'} ported from "
+            f"{ir.source} ({ir.hf_model_class}) by hf2kh."
         )
 
     @property

@@ -28,8 +28,20 @@ def write_package(
     hf_tokenizer,
 ) -> list[Path]:
     directory.mkdir(parents=True)
-    module = tokenizer_module(ctx, pad_fallback_id(ctx, hf_tokenizer))
-    written = render_package(ctx, directory, {f"{ctx.package}_tokenizer.py": module})
+    if ctx.encoder:
+        # the text tasks' preprocessors (hf2kh.generate.tokenizer.preprocessor), the tokenizer
+        # naming its mask token
+        from hf2kh.generate.tokenizer import preprocessor
+
+        tasks = [ctx.ir.head.task.value]
+        module = preprocessor.model_tokenizer_source(
+            ctx, pad_fallback_id(ctx, hf_tokenizer), header(ctx, "Tokenizer."), mask_role=True
+        )
+        extra = preprocessor.text_preprocessing_sources(ctx, tasks)
+    else:
+        module, extra = tokenizer_module(ctx, pad_fallback_id(ctx, hf_tokenizer)), {}
+    extra[f"{ctx.package}_tokenizer.py"] = module
+    written = render_package(ctx, directory, extra)
     assets = directory / "assets"
     assets.mkdir()
     tok.write_assets(checkpoint_dir, ctx.tokenizer, assets)
@@ -37,8 +49,20 @@ def write_package(
     (directory / "WEIGHTS.md").write_text(weights_markdown(ctx, table))
     testdata = directory / "testdata"
     testdata.mkdir()
-    write_reference(ctx, hf_model, testdata / "reference.npz")
+    if ctx.encoder:
+        write_masked_lm_reference(ctx, hf_model, testdata / "reference.npz")
+    else:
+        write_reference(ctx, hf_model, testdata / "reference.npz")
     write_tokenizer_cases(ctx, hf_tokenizer, testdata / "tokenizer_ids.json")
+    if ctx.encoder:
+        from hf2kh.generate.tokenizer import preprocessor
+
+        cases = preprocessor.preprocessor_cases(
+            hf_tokenizer, ctx.tokenizer, tok.tokenizer_test_corpus(ctx.tokenizer.special_tokens)
+        )
+        (testdata / "preprocessor_cases.json").write_text(
+            json.dumps(cases, ensure_ascii=False, indent=0) + "\n"
+        )
     return written + [assets, directory / "weight_map.json", directory / "WEIGHTS.md", testdata]
 
 
@@ -153,6 +177,41 @@ def write_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None
         logits=logits.float().cpu().numpy(),
         prompt_ids=prompt,
         greedy_ids=np.concatenate([prompt, np.asarray([greedy], "int32")], axis=1),
+    )
+
+
+def write_masked_lm_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None:
+    """HF's last hidden states and masked-LM logits at a few masked positions on a fixed padded
+    batch (with random segment ids when the model has token types), for the package's tests."""
+    from hf2kh.verify.decoder import Case, make_inputs
+    from hf2kh.verify.encoder import hf_forward
+
+    ir = ctx.ir
+    limit = ctx.max_positions or 4096
+    token_ids, padding_mask = make_inputs(
+        Case((min(11, limit), min(7, limit))), ir.stem.vocab_size, 7
+    )
+    inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+    if ctx.segments:
+        segments = np.random.default_rng(8).integers(0, ir.stem.type_vocab_size, token_ids.shape)
+        inputs["segment_ids"] = (segments * padding_mask).astype("int32")
+    captured = {}
+    module = hf_model.get_submodule(_final_hidden_module(ctx))
+    handle = module.register_forward_hook(
+        lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        logits = hf_forward(hf_model, inputs).logits.float().cpu().numpy()
+    finally:
+        handle.remove()
+    mask_positions = np.array([[1, 4, 6], [0, 2, 5]], "int32")  # within the 7-token row
+    masked = np.take_along_axis(logits, mask_positions[:, :, None], axis=1)
+    np.savez(
+        path,
+        **inputs,
+        hidden_states=captured["h"].float().cpu().numpy(),
+        mask_positions=mask_positions,
+        masked_logits=masked,
     )
 
 

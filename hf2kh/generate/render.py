@@ -32,19 +32,21 @@ def environment() -> jinja2.Environment:
 def package_files(ctx: Context) -> dict[str, str]:
     """Generated file name -> template name, for exactly the features this model uses."""
     p = ctx.package
+    task = ctx.ir.head.task.value  # "causal_lm", "masked_lm": the task's class and its tests
     files = {
         f"{p}_backbone.py": "backbone.py.jinja",
         f"{p}_attention.py": "attention.py.jinja",
-        f"{p}_decoder.py": "decoder.py.jinja",
-        f"{p}_causal_lm.py": "causal_lm.py.jinja",
-        f"{p}_causal_lm_preprocessor.py": "causal_lm_preprocessor.py.jinja",
+        f"{ctx.block_module}.py": "encoder.py.jinja" if ctx.encoder else "decoder.py.jinja",
+        f"{p}_{task}.py": f"{task}.py.jinja",
         f"{p}_presets.py": "presets.py.jinja",
         f"convert_{p}_checkpoints.py": "convert_checkpoints.py.jinja",
         f"{p}_backbone_test.py": "backbone_test.py.jinja",
-        f"{p}_causal_lm_test.py": "causal_lm_test.py.jinja",
+        f"{p}_{task}_test.py": f"{task}_test.py.jinja",
         f"{p}_tokenizer_test.py": "tokenizer_test.py.jinja",
         "__init__.py": "init.py.jinja",
     }
+    if not ctx.encoder:  # encoders' text preprocessors: hf2kh.generate.tokenizer.preprocessor
+        files[f"{p}_causal_lm_preprocessor.py"] = "causal_lm_preprocessor.py.jinja"
     if ctx.needs_layernorm_file:
         files[f"{p}_layernorm.py"] = "layernorm.py.jinja"
     if ctx.rope is not None:

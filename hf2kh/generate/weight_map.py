@@ -58,7 +58,7 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
     """Every Keras variable of the generated backbone and the HF tensor it is filled from: the
     stem's, each component's of each layer (rows made by the component's own module), the
     head's."""
-    from hf2kh.components import attention, mlp, norm
+    from hf2kh.components import attention, head_transform, mlp, norm
 
     stem, head = ir.stem, ir.head
     rows = [_row(f"{stem.hf_embedding}.weight", hf_shapes, "token_embedding/embeddings")]
@@ -75,6 +75,10 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
                 keep,
                 ops if stem.position_offset else (),
             )
+        )
+    if stem.hf_token_types is not None:
+        rows.append(
+            _row(f"{stem.hf_token_types}.weight", hf_shapes, "segment_embedding/embeddings")
         )
     if stem.hf_embedding_projection is not None:
         rows.append(
@@ -121,7 +125,10 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
                 ({"op": "transpose"},),
             )
         )
-    if head.bias:
+    if head.transform is not None:  # the task's masked-LM head, with the vocabulary bias
+        bias = (head.hf_bias or f"{head.hf_head}.bias") if head.bias else None
+        rows += head_transform.weight_rows(head.transform, bias, hf_shapes)
+    elif head.bias:
         rows.append(_row(f"{head.hf_head}.bias", hf_shapes, "lm_head_bias/bias"))
     return WeightTable(rows)
 

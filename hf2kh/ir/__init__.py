@@ -9,6 +9,7 @@ from hf2kh.ir.model import (
     Component,
     ComponentSpec,
     Head,
+    HeadTransform,
     LayerOptions,
     Let,
     Mlp,
@@ -23,6 +24,7 @@ from hf2kh.ir.model import (
     Scale,
     Stem,
     Step,
+    Task,
     WeightLayout,
 )
 from hf2kh.ir.serialize import IR_VERSION, from_dict, to_dict, write_json
@@ -37,6 +39,7 @@ __all__ = [
     "Component",
     "ComponentSpec",
     "Head",
+    "HeadTransform",
     "LayerOptions",
     "Let",
     "Mlp",
@@ -51,6 +54,7 @@ __all__ = [
     "Scale",
     "Stem",
     "Step",
+    "Task",
     "WeightLayout",
     "from_dict",
     "to_dict",

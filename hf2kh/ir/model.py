@@ -212,6 +212,29 @@ class Stem:
     # Token embeddings narrower than the blocks, projected up (OPT-350m's `project_in`).
     embedding_dim: int | None = None
     hf_embedding_projection: str | None = None
+    # Token-type (segment) embeddings added to the token embeddings (BERT's `token_type_ids`).
+    hf_token_types: str | None = None
+    type_vocab_size: int | None = None
+
+
+class Task(enum.Enum):
+    """What the checkpoint's head is for: next-token prediction with causal attention, or the
+    tokens at masked positions of a bidirectional encoder."""
+
+    CAUSAL_LM = "causal_lm"
+    MASKED_LM = "masked_lm"
+
+
+@dataclass(frozen=True)
+class HeadTransform:
+    """Dense, activation and norm between the final hidden states and the vocabulary projection
+    (BERT's masked-LM `predictions.transform`); `dim` is the dense's width (the embeddings')."""
+
+    hf_dense: str
+    dim: int
+    activation: Activation
+    norm: Norm
+    hf_norm: str
 
 
 @dataclass(frozen=True)
@@ -225,6 +248,11 @@ class Head:
     hf_output_projection: str | None = None
     softcap: float | None = None  # logits become `softcap * tanh(logits / softcap)`
     logit_scale: float | None = None  # logits are multiplied by it (Granite, Cohere)
+    transform: HeadTransform | None = None
+    task: Task = Task.CAUSAL_LM
+    # The parameter holding the head's bias when the head's own is tied to it (BERT's
+    # `cls.predictions.bias`); None: `<hf_head>.bias`.
+    hf_bias: str | None = None
 
 
 @dataclass(frozen=True)

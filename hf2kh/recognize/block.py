@@ -15,9 +15,16 @@ from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import norm as norm_component
 from hf2kh.components import scale as scale_component
-from hf2kh.components.base import ADDS, check_output_is, explain_ops, residual_inside
+from hf2kh.components.base import (
+    ADDS,
+    before_post_norm,
+    check_output_is,
+    explain_ops,
+    post_norm_inside,
+    residual_inside,
+)
 from hf2kh.errors import UnsupportedModelError
-from hf2kh.inspect.dataflow import PASSTHROUGH, block_steps, calls_within, first_call
+from hf2kh.inspect.dataflow import PASSTHROUGH, Step, block_steps, calls_within, first_call
 from hf2kh.inspect.graph import Call
 from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Norm, Scale
 from hf2kh.recognize.graph_view import GraphView
@@ -36,8 +43,11 @@ class _Draft:
     factors: dict[int, float] = field(default_factory=dict)  # scale step output -> its factor
 
 
-def recognize_block(G: GraphView, block: str, hidden_dim: int, rope, evidence: list[str]):
-    """The `BlockType` of `block` (a full module path)."""
+def recognize_block(
+    G: GraphView, block: str, hidden_dim: int, rope, evidence: list[str], causal: bool = True
+):
+    """The `BlockType` of `block` (a full module path); `causal`: what the reach probe measured
+    (`hf2kh.recognize.layers.attention_reach`)."""
     head = first_call(G.g, block)
     block_in, block_out = head.inputs[0], head.outputs[0]
     alias: dict[int, int] = {}
@@ -59,7 +69,7 @@ def recognize_block(G: GraphView, block: str, hidden_dim: int, rope, evidence: l
         made = {val(o) for c in group for o in c.outputs[:1]}
         return made | {val(group[0].inputs[0])}
 
-    for step in block_steps(G.g, block, include_passthrough=True):
+    for step in _steps(G, block):
         call = step.call
         rel = step.name
         if (call.kind == "module" and _is_passthrough_module(G, call.target)) or (
@@ -79,7 +89,7 @@ def recognize_block(G: GraphView, block: str, hidden_dim: int, rope, evidence: l
             continue
         close_group()
         if call.kind == "module":
-            _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence)
+            _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence, causal)
         elif call.target in ADDS and len(call.inputs) == 2:
             draft.steps.append(("add", call.outputs[0], None, tuple(val(i) for i in call.inputs)))
         elif scale_component.is_scale(call):
@@ -94,6 +104,33 @@ def recognize_block(G: GraphView, block: str, hidden_dim: int, rope, evidence: l
     return _named(G, block, draft, val(block_in), val(block_out))
 
 
+def _steps(G: GraphView, block: str, scope: str | None = None) -> list[Step]:
+    """The block's own calls, in order, with each part of an MLP spread over sibling modules
+    (BERT's `intermediate`: dense, activation; `output`: dense, residual add, norm) opened: its
+    calls are read as the block's."""
+    found = []
+    for step in block_steps(G.g, scope or block, include_passthrough=True):
+        call = step.call
+        if call.kind == "module" and _is_mlp_part(G, call.target):
+            found += _steps(G, block, call.target)
+        else:
+            found.append(Step(call, call.target[len(block) + 1 :]) if step.is_module else step)
+    return found
+
+
+def _is_mlp_part(G: GraphView, path: str) -> bool:
+    """A parameterless container of exactly one projection (and norms): half of an MLP whose
+    other half is a sibling, not an MLP or attention of its own."""
+    children = [c for c in G.g.module(path).children if G.subtree_params(c)]
+    projections = [c for c in children if G.is_projection(c)]
+    return (
+        not G.own_params(path)
+        and len(projections) == 1
+        and all(G.is_projection(c) or G.is_norm(c) for c in children)
+        and not attention_component.is_attention(G, path)
+    )
+
+
 def _is_passthrough_module(G: GraphView, path: str) -> bool:
     """A parameterless child that only moves data (dropout at inference, identity)."""
     if G.subtree_params(path):
@@ -105,14 +142,22 @@ def _is_component(G: GraphView, call: Call) -> bool:
     return call.kind == "module" and bool(G.subtree_params(call.target))
 
 
-def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence) -> None:
+def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence, causal) -> None:
     path = call.target
     cls = type(G.submodule(path)).__name__
-    # A sublayer that adds the residual itself (BLOOM) is the component and an `add` step.
-    out, residual, tail = residual_inside(G, path, call)
+    # A sublayer that adds the residual itself (BLOOM) is the component and an `add` step; one
+    # that also normalizes the sum (BERT's attention) adds a norm step after it.
+    post_norm = post_norm_inside(G, path, call)
+    out, residual, tail = residual_inside(G, path, before_post_norm(G, path, call))
+    if post_norm is not None and residual is None:
+        raise UnsupportedModelError(
+            f"{path}: ends in the norm {post_norm[0]} of something other than a residual sum"
+        )
     if attention_component.is_attention(G, path):
         path = _innermost_attention(G, path)
-        spec, weights = attention_component.recognize(G, path, hidden_dim, rope, evidence)
+        spec, weights = attention_component.recognize(
+            G, path, hidden_dim, rope, evidence, causal=causal
+        )
         kind = "attention"
     elif G.is_norm(path):
         spec = norm_component.recognize(G, path, G.g.value(call.inputs[0]).shape[-1])
@@ -134,7 +179,16 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence) ->
     draft.components[key] = ((rel,), spec, rel_weights, cls)
     draft.steps.append(("let", out, key, (val(call.inputs[0]),)))
     if residual is not None:
-        draft.steps.append(("add", call.outputs[0], None, (val(residual), out)))
+        summed = call.outputs[0] if post_norm is None else post_norm[1]
+        draft.steps.append(("add", summed, None, (val(residual), out)))
+    if post_norm is not None:
+        norm_path = post_norm[0]
+        spec = norm_component.recognize(G, norm_path, G.g.value(post_norm[1]).shape[-1])
+        norm_rel = norm_path[len(block) + 1 :]
+        norm_key = f"norm:{norm_rel}"
+        cls = type(G.submodule(norm_path)).__name__
+        draft.components[norm_key] = ((norm_rel,), spec, {"norm": norm_rel}, cls)
+        draft.steps.append(("let", call.outputs[0], norm_key, (post_norm[1],)))
 
 
 def _innermost_attention(G: GraphView, path: str) -> str:

@@ -1,16 +1,18 @@
 """Per-layer settings, read from what each block receives and computes.
 
 `probes.run_stem` records the arguments every block receives (its mask, its rotary tables). A
-block's attention window is measured, not read from a setting: a CPU copy of the block with random
-weights runs on those arguments, and the gradient of one output position says which input
-positions it reads. That covers a window in the mask the model hands the block (Gemma 2, Mistral)
-and one applied inside attention (GPT-Neo's local layers) alike.
+block's reach is measured, not read from a setting: a CPU copy of the block with random weights
+runs on those arguments, and the gradient of one output position says which input positions it
+reads: every position (bidirectional, an encoder), or the earlier ones, all or a sliding window.
+That covers a window in the mask the model hands the block (Gemma 2, Mistral) and one applied
+inside attention (GPT-Neo's local layers) alike.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.utils._pytree import tree_flatten
@@ -40,9 +42,18 @@ def _hidden_of(args, kwargs) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def attention_window(model: torch.nn.Module, path: str, inputs, length: int) -> int | None:
-    """The sliding window of the block at `path` (None: every earlier position), measured on
-    `length` tokens with the arguments `inputs` = (args, kwargs) it received."""
+@dataclass(frozen=True)
+class Reach:
+    """Which positions one block's output reads: every position (bidirectional, an encoder), or
+    the earlier ones, all of them (`window` None) or the last `window` (itself included)."""
+
+    causal: bool
+    window: int | None = None
+
+
+def attention_reach(model: torch.nn.Module, path: str, inputs, length: int) -> Reach:
+    """What the block at `path` reads (`Reach`), measured on `length` tokens with the arguments
+    `inputs` = (args, kwargs) it received."""
     args, kwargs = inputs
     hidden = _hidden_of(args, kwargs)
     block = materialize_block(model, path)
@@ -53,20 +64,25 @@ def attention_window(model: torch.nn.Module, path: str, inputs, length: int) -> 
         out = block(*args, **{**kwargs, "hidden_states": x})
     leaves = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
     out = next(t for t in leaves if t.shape == hidden.shape)
-    reach = {}
+    read = {}
     for q in sorted({length - 1, length // 2}):
         (grad,) = torch.autograd.grad(out[:, q].sum(), x, retain_graph=True)
-        keys = (grad.abs().sum(dim=(0, 2)) != 0).nonzero().flatten().tolist()
+        read[q] = (grad.abs().sum(dim=(0, 2)) != 0).nonzero().flatten().tolist()
+    everything = list(range(length))
+    if all(keys == everything for keys in read.values()):
+        return Reach(causal=False)
+    reach = {}
+    for q, keys in read.items():
         if not keys or keys != list(range(keys[0], q + 1)):
             raise UnsupportedModelError(
-                f"{path}: position {q} reads positions {keys[:3]}...{keys[-3:]}, neither all "
-                "earlier ones nor a sliding window"
+                f"{path}: position {q} reads positions {keys[:3]}...{keys[-3:]}, neither every "
+                "position, all earlier ones nor a sliding window"
             )
         reach[q] = q + 1 - keys[0]
     window = reach[length - 1]
     if any(r != min(window, q + 1) for q, r in reach.items()):
         raise UnsupportedModelError(f"{path}: the positions it reads are not one sliding window")
-    return None if window >= length else window
+    return Reach(causal=True, window=None if window >= length else window)
 
 
 def rotary_tables(inputs, length: int) -> list[torch.Tensor]:

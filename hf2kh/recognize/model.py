@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from hf2kh.components import head_transform
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import scale as scale_component
@@ -21,9 +22,9 @@ from hf2kh.components.base import explain_ops
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, first_call
 from hf2kh.inspect.graph import LayerGraph
-from hf2kh.ir import BlockType, Head, LayerOptions, ModelIR, Positions, Stem
+from hf2kh.ir import BlockType, Head, LayerOptions, ModelIR, Positions, Stem, Task
 from hf2kh.recognize import layers as layers_probe
-from hf2kh.recognize import probes
+from hf2kh.recognize import probes, stem_tables
 from hf2kh.recognize.block import recognize_block
 from hf2kh.recognize.graph_view import GraphView
 
@@ -125,15 +126,29 @@ def recognize_model(
     stem = probes.run_stem(
         model,
         embed,
-        positions[0] if positions else None,
+        None,
         block0,
         (group.container, head),
         length,
         projection=embedding_projection,
         blocks=tuple(blocks),
         norm=embedding_norm_path,
+        tables=tuple(positions),
     )
     G.block_inputs = stem["inputs"]
+    position_path, token_types = stem_tables.classify(stem, positions)
+    positions = [position_path] if position_path else []
+    if position_path:
+        stem["position"] = stem[f"table:{position_path}"]
+        stem["position_table"] = stem[f"rows:{position_path}"]
+    type_vocab_size = None
+    if token_types:
+        stem["token_types"] = stem[f"table:{token_types}"]
+        type_vocab_size = G.own_params(token_types)["weight"][0]
+        evidence.append(
+            f"token types: {token_types} ({type_vocab_size} rows), read at one row for every "
+            "token when none are given (probed)"
+        )
     embedding_norm = None
     if embedding_norm_path is not None:
         embedding_norm = _embedding_norm(G, embedding_norm_path, hidden_dim, positions)
@@ -156,12 +171,15 @@ def recognize_model(
                 layers_probe.rotary_tables(stem["inputs"][path], length),
                 config,
             )
-        window = layers_probe.attention_window(model, path, stem["inputs"][path], length)
+        reach = layers_probe.attention_reach(model, path, stem["inputs"][path], length)
+        window = reach.window
         for i in variant.indices:
             window_of[i] = window
         if window is not None:
             evidence.append(f"{path}: attends to a sliding window of {window} tokens (probed)")
-        block = recognize_block(G, path, hidden_dim, rope, evidence)
+        if not reach.causal:
+            evidence.append(f"{path}: every position reads every other (bidirectional, probed)")
+        block = recognize_block(G, path, hidden_dim, rope, evidence, causal=reach.causal)
         if block not in block_types:
             block_types.append(block)
         for i in variant.indices:
@@ -178,8 +196,11 @@ def recognize_model(
             evidence.append(rope_component.describe(block.attention.rope, block.attention.head_dim))
 
     # -- final norm and head -----------------------------------------------------------------
+    transform, transformed = head_transform.recognize(
+        G, after, head, last_block_call.outputs[0], evidence
+    )
     output_projection = None
-    if hidden_dim != embedding_dim:
+    if hidden_dim != embedding_dim and (transform is None or transform.dim != embedding_dim):
         output_projection = _projection_between(
             G,
             [c.target for c in after_modules if c.target != head],
@@ -187,7 +208,14 @@ def recognize_model(
             (embedding_dim, hidden_dim),
         )
         evidence.append(f"final hidden states projected to {embedding_dim} by {output_projection}")
-    final_norm_path = next((c.target for c in after_modules if G.is_norm(c.target)), None)
+    final_norm_path = next(
+        (
+            c.target
+            for c in after_modules
+            if G.is_norm(c.target) and (transform is None or c.target != transform.hf_norm)
+        ),
+        None,
+    )
     final_norm = None
     if final_norm_path is not None:
         final_norm = norm_component.recognize(G, final_norm_path, hidden_dim)
@@ -213,7 +241,7 @@ def recognize_model(
             raise UnsupportedModelError(
                 "the head both scales and softcaps the logits: not supported yet"
             )
-    explained = capped + scales
+    explained = capped + transformed + scales
     explain_ops("the head", [c for c in own if c not in explained], HEAD_OPS)
     tied_names = {t.name: t.target for t in graph.tied}
     tied = tied_names.get(f"{head}.weight") == f"{embed}.weight"
@@ -222,6 +250,10 @@ def recognize_model(
         f"LM head {head}: {'tied to' if tied else 'separate from'} the token embedding"
         + (", with a bias" if head_bias else "")
     )
+
+    task = _task(block_types, transform, head)
+    if task is Task.MASKED_LM:
+        evidence.append(f"masked-LM head {head}: bidirectional blocks, a transform before it")
 
     # -- positions, embedding scale, windows ---------------------------------------------------
     max_positions = None
@@ -262,6 +294,8 @@ def recognize_model(
             hf_embedding_norm=embedding_norm_path,
             embedding_dim=embedding_dim if embedding_projection else None,
             hf_embedding_projection=embedding_projection,
+            hf_token_types=token_types,
+            type_vocab_size=type_vocab_size,
         ),
         block_types=tuple(block_types),
         layers=tuple(layers),
@@ -275,12 +309,35 @@ def recognize_model(
             hf_output_projection=output_projection,
             softcap=logit_softcap,
             logit_scale=logit_scale,
+            transform=transform,
+            task=task,
+            hf_bias=tied_names.get(f"{head}.bias"),
         ),
         bos_token_id=_token_id(config, "bos_token_id"),
         eos_token_id=_token_id(config, "eos_token_id"),
         pad_token_id=_token_id(config, "pad_token_id"),
         evidence=tuple(evidence),
     )
+
+
+def _task(block_types: list[BlockType], transform, head: str) -> Task:
+    """A causal LM (causal blocks, the head on the hidden states) or a masked LM (bidirectional
+    blocks, a transform before the head)."""
+    causal = {b.attention.causal for b in block_types}
+    if len(causal) != 1:
+        raise UnsupportedModelError("causal and bidirectional blocks in one model")
+    if causal == {True}:
+        if transform is not None:
+            raise UnsupportedModelError(
+                f"a causal LM head {head} with a dense transform before it is not supported yet"
+            )
+        return Task.CAUSAL_LM
+    if transform is None:
+        raise UnsupportedModelError(
+            f"the bidirectional model's head {head} has no dense transform before it: "
+            "not supported yet"
+        )
+    return Task.MASKED_LM
 
 
 def _projection_between(G: GraphView, candidates, source: int, shape) -> str:
@@ -330,11 +387,12 @@ def _embedding_norm(G: GraphView, path: str, hidden_dim: int, positions: list[st
 def _position_offset(captured: dict[str, torch.Tensor]) -> int:
     """The table row of position 0: the position embedding of token t is row `t + offset`."""
     table, used = captured["position_table"], captured["position"]
-    used = used.reshape(-1, used.shape[-2], used.shape[-1])[0]
-    for offset in range(table.shape[0] - used.shape[0] + 1):
-        if torch.equal(table[offset : offset + used.shape[0]], used):
-            return offset
-    raise UnsupportedModelError("the position embeddings are not consecutive rows of their table")
+    offset = stem_tables.position_offset(table, used.reshape(-1, used.shape[-2], used.shape[-1])[0])
+    if offset is None:
+        raise UnsupportedModelError(
+            "the position embeddings are not consecutive rows of their table"
+        )
+    return offset
 
 
 def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
@@ -346,6 +404,8 @@ def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
         emb, pos = captured["normed"], None
     if pos is not None:
         block_in = block_in - pos
+    if "token_types" in captured and "normed" not in captured:
+        block_in = block_in - captured["token_types"]
     ratio = float((block_in * emb).sum() / (emb * emb).sum())
     if not torch.allclose(block_in, emb * ratio, rtol=1e-5, atol=1e-5):
         raise UnsupportedModelError("the first block's input is not a scaled token embedding")

@@ -165,6 +165,7 @@ def run_stem(
     projection: str | None = None,
     blocks: tuple[str, ...] = (),
     norm: str | None = None,
+    tables: tuple[str, ...] = (),
 ) -> dict:
     """Run the model's code before its first block on the CPU, with random stem weights.
 
@@ -174,7 +175,8 @@ def run_stem(
     normalized embeddings (if `norm`, as `normed`) and the first block's input, for a batch of
     `length` tokens. With `blocks` (every block's path, in order), the forward runs on to the
     last of them, each block passing its input through (`_record_inputs`), and `inputs` holds the
-    arguments each block received (masks, rotary tables, ALiBi tensors) under its path.
+    arguments each block received (masks, rotary tables, ALiBi tensors) under its path. Each
+    of `tables` gives its output (`table:<path>`) and its rows (`rows:<path>`).
     """
     stem = copy.deepcopy(model)
     _materialize_outside(stem, skip)
@@ -205,6 +207,9 @@ def run_stem(
         handles.append(stem.get_submodule(projection).register_forward_hook(keep("projected")))
     if norm is not None:
         handles.append(stem.get_submodule(norm).register_forward_hook(keep("normed")))
+    for path in tables:  # other embedding tables (positions, token types): output and table
+        handles.append(stem.get_submodule(path).register_forward_hook(keep(f"table:{path}")))
+        captured[f"rows:{path}"] = stem.get_submodule(path).weight.detach().clone()
     if not blocks:
         handles.append(stem.get_submodule(block0).register_forward_pre_hook(stop, with_kwargs=True))
     else:

@@ -106,6 +106,22 @@ def verify_loaded(module, ir, files: PortFiles, hf: HFSide, options: VerifyOptio
     from hf2kh.verify.sublayers import sublayer_points
     from hf2kh.verify.terminal import native_stderr_silenced
 
+    if ir.head.task.value == "masked_lm":  # encoders: hf2kh.verify.encoder
+        from hf2kh.verify.encoder import verify_masked_lm_port
+
+        report = verify_masked_lm_port(
+            module,
+            ir,
+            str(files.preset),
+            hf.model,
+            hf.tokenizer,
+            hf.tokenizer_spec,
+            dtype=options.dtype,
+            device=options.device,
+            rtol=options.rtol,
+        )
+        report.environment = environment(options)
+        return report
     with native_stderr_silenced():  # sentencepiece logs loading its model at INFO level
         causal_lm = keras_hub.models.CausalLM.from_preset(str(files.preset))
     expected_cls = getattr(module, f"{ir.class_prefix}CausalLM")

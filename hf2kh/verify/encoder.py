@@ -1,0 +1,179 @@
+"""Prove a masked-LM encoder port: the embeddings, every layer end to end and alone, the backbone
+output on padded batches, the masked-LM logits, tokenizer ids. No generation.
+
+The Keras side is the generated package imported from disk with the preset its conversion script
+wrote. HF's padded positions compute nothing meaningful (they are masked out of every other
+position's attention but still attend themselves), so only non-padded positions are compared.
+Segment ids (token types) are drawn at random when the backbone takes them, so the segment table
+is exercised beyond its first row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hf2kh.verify.compare import TOLERANCES, Comparison, compare
+from hf2kh.verify.decoder import (
+    Case,
+    HFRecorder,
+    _check,
+    _first_divergence,
+    _layer_check,
+    _numpy,
+    _worst,
+    default_cases,
+    make_inputs,
+)
+from hf2kh.verify.report import Check, VerifyReport
+
+
+def encoder_inputs(backbone, case: Case, seed: int) -> dict[str, np.ndarray]:
+    """The Keras inputs of one batch: token ids, padding mask, and segment ids if the backbone
+    takes them (random, zero on padding)."""
+    token_ids, padding_mask = make_inputs(case, backbone.vocabulary_size, seed)
+    inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+    if "segment_ids" in backbone.input:
+        rng = np.random.default_rng(1000 + seed)
+        segments = rng.integers(0, backbone.num_segments, size=token_ids.shape)
+        inputs["segment_ids"] = (segments * padding_mask).astype("int32")
+    return inputs
+
+
+def hf_forward(hf_model, inputs: dict[str, np.ndarray]):
+    """HF's outputs on the same inputs (`segment_ids` as `token_type_ids`)."""
+    device = next(hf_model.parameters()).device
+    kwargs = {
+        "input_ids": torch.as_tensor(inputs["token_ids"], dtype=torch.long, device=device),
+        "attention_mask": torch.as_tensor(inputs["padding_mask"], device=device),
+    }
+    if "segment_ids" in inputs:
+        kwargs["token_type_ids"] = torch.as_tensor(
+            inputs["segment_ids"], dtype=torch.long, device=device
+        )
+    with torch.no_grad():
+        return hf_model(**kwargs)
+
+
+def all_positions(token_ids: np.ndarray) -> np.ndarray:
+    """`mask_positions` asking the masked-LM head for every position of every row."""
+    batch, length = token_ids.shape
+    return np.broadcast_to(np.arange(length, dtype="int32"), (batch, length)).copy()
+
+
+def verify_masked_lm(
+    hf_model: torch.nn.Module,
+    masked_lm,
+    block_paths: list[str],
+    hf_tokenizer,
+    corpus: list[str],
+    *,
+    name: str,
+    dtype: str = "float32",
+    device: str = "cpu",
+    cases: list[Case] | None = None,
+    rtol: float | None = None,
+) -> VerifyReport:
+    import keras
+
+    report = VerifyReport(model=name, dtype=dtype, device=device)
+    tolerance = TOLERANCES[dtype] if rtol is None else rtol
+    backbone = masked_lm.backbone
+    cases = cases or default_cases(getattr(backbone, "max_sequence_length", None))
+    layer_model = keras.Model(
+        backbone.input, [layer.output for layer in backbone.transformer_layers]
+    )
+    per_layer: list[list[Comparison]] = [[] for _ in block_paths]
+    alone: list[list[Comparison]] = [[] for _ in block_paths]
+    embeds: list[Comparison] = []
+    outputs: list[Comparison] = []
+    logits: list[Comparison] = []
+    for seed, case in enumerate(cases):
+        inputs = encoder_inputs(backbone, case, seed)
+        valid = inputs["padding_mask"].astype(bool)
+        recorder = HFRecorder(hf_model, block_paths)
+        try:
+            hf_logits = hf_forward(hf_model, inputs).logits.float().cpu().numpy()
+        finally:
+            recorder.close()
+        keras_layers = layer_model(inputs)
+        segments = [inputs["segment_ids"]] if "segment_ids" in inputs else []
+        embedded = _numpy(backbone.embed(inputs["token_ids"], *segments))
+        embeds.append(compare("embeddings", recorder.inputs[0].numpy(), embedded, valid, tolerance))
+        for i, layer in enumerate(backbone.transformer_layers):
+            hf_out = recorder.outputs[i].numpy()
+            per_layer[i].append(
+                compare(layer.name, hf_out, _numpy(keras_layers[i]), valid, tolerance)
+            )
+            block_alone = layer(
+                keras.ops.convert_to_tensor(recorder.inputs[i].numpy()),
+                padding_mask=inputs["padding_mask"],
+            )
+            alone[i].append(
+                compare(f"{layer.name} alone", hf_out, _numpy(block_alone), valid, tolerance)
+            )
+        outputs.append(
+            compare(
+                "backbone output",
+                recorder.outputs[-1].numpy(),
+                _numpy(backbone(inputs)),
+                valid,
+                tolerance,
+            )
+        )
+        masked = {**inputs, "mask_positions": all_positions(inputs["token_ids"])}
+        logits.append(
+            compare("masked-LM logits", hf_logits, _numpy(masked_lm(masked)), valid, tolerance)
+        )
+
+    shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
+    report.checks.append(_check(_worst(embeds), "layers"))
+    for i, path in enumerate(block_paths):
+        report.checks.append(_layer_check(_worst(per_layer[i]), _worst(alone[i]), path))
+    for i, path in enumerate(block_paths):
+        report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
+    padded = f"batches {shapes}, right padding (non-padded positions compared)"
+    report.checks.append(_check(_worst(outputs), "outputs", padded))
+    report.checks.append(_check(_worst(logits), "logits", f"every position; {padded}"))
+    report.first_divergence = _first_divergence(report.checks, block_paths)
+    report.checks.extend(_tokenizer_ids(hf_tokenizer, masked_lm.preprocessor, corpus))
+    return report
+
+
+def _tokenizer_ids(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Check]:
+    """The generated tokenizer's ids on the corpus (no special tokens) against HF's."""
+    if hf_tokenizer is None or preprocessor is None:
+        return []
+    mismatches = [
+        text
+        for text in corpus
+        if _numpy(preprocessor.tokenizer(text)).astype(int).tolist()
+        != hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    ]
+    detail = "identical" if not mismatches else f"differs on {mismatches[0]!r}"
+    return [Check(f"tokenizer ids ({len(corpus)} texts)", "tokenizer", not mismatches, detail)]
+
+
+def verify_masked_lm_port(module, ir, preset: str, hf_model, hf_tokenizer, tokenizer_spec, **kw):
+    """Load the preset as `keras_hub.models.MaskedLM` (it must be the generated class) and run
+    `verify_masked_lm`; `kw`: dtype, device, rtol."""
+    import keras_hub
+
+    from hf2kh.errors import VerificationFailed
+    from hf2kh.generate.tokenizer import tokenizer_test_corpus
+
+    masked_lm = keras_hub.models.MaskedLM.from_preset(preset)
+    expected = getattr(module, f"{ir.class_prefix}MaskedLM")
+    if type(masked_lm) is not expected:
+        raise VerificationFailed(
+            f"the preset loads as {type(masked_lm).__name__}, not {expected.__name__}"
+        )
+    return verify_masked_lm(
+        hf_model,
+        masked_lm,
+        [ir.block_path(i) for i in range(ir.num_layers)],
+        hf_tokenizer,
+        tokenizer_test_corpus(tokenizer_spec.special_tokens),
+        name=ir.name,
+        **kw,
+    )

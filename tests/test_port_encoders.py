@@ -1,0 +1,157 @@
+"""Encoders on the model IR (issue 8): what the recognizer reads from a BERT masked LM, and,
+independently of hf2kh's own verification, what the user gets from the port: the generated
+package imported from disk, `keras_hub.models.MaskedLM.from_preset` and
+`keras_hub.models.Backbone.from_preset` on the converted preset, compared with the HF model on a
+padded batch with random token types. The generated package's backbone and masked-LM tests run
+in a subprocess and ruff checks its code. Ports are shared through `conftest.ported`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForMaskedLM
+
+from hf2kh.generate.render import RUFF_SETTINGS
+from hf2kh.inspect.build import build_graph_and_model
+from hf2kh.ir import Activation, Mlp, Norm, NormKind, Positions, Task
+from hf2kh.port import import_generated
+from hf2kh.recognize import recognize_model
+from hf2kh.recognize.model import _step_text
+from tests.fixtures.factory import FIXTURES
+from tests.fixtures.outcomes import OUTCOMES, VERIFIED
+
+MASKED_LMS = [
+    n for n, outcome in OUTCOMES.items() if outcome == VERIFIED and FIXTURES[n].task == "masked_lm"
+]
+SUBPROCESS_TIMEOUT = 600
+
+
+def _rel_error(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(got - expected).max() / np.sqrt(np.mean(expected**2)))
+
+
+def test_bert_ir_is_a_post_norm_bidirectional_encoder_with_an_mlm_head(hf_fixture):
+    path = hf_fixture("bert")
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    assert ir.head.task is Task.MASKED_LM
+    assert ir.attention.causal is False
+    assert [_step_text(s) for s in ir.block_types[0].steps] == [
+        "attention = self_attention(x)",
+        "x = x + attention",
+        "x = self_attention_layernorm(x)",
+        "feedforward = feedforward(x)",
+        "x = feedforward + x",
+        "x = feedforward_layernorm(x)",
+    ]
+    norms = [c.spec for c in ir.block_types[0].components if isinstance(c.spec, Norm)]
+    assert {(n.kind, n.epsilon) for n in norms} == {(NormKind.LAYER, config.layer_norm_eps)}
+    assert config.layer_norm_eps == 1e-5  # not BERT's default 1e-12
+    (mlp,) = [c for c in ir.block_types[0].components if isinstance(c.spec, Mlp)]
+    assert mlp.hf_paths == ("intermediate.dense", "output.dense")  # sibling modules
+    assert mlp.spec.intermediate_dim == config.intermediate_size and mlp.spec.bias
+    stem = ir.stem
+    assert stem.positions is Positions.LEARNED and stem.max_positions == 64
+    assert stem.type_vocab_size == config.type_vocab_size == 2
+    assert stem.embedding_norm.epsilon == config.layer_norm_eps
+    transform = ir.head.transform
+    assert transform.activation is Activation.GELU and transform.dim == config.hidden_size
+    assert transform.norm.epsilon == config.layer_norm_eps
+    assert ir.head.tied and ir.head.bias and ir.head.final_norm is None
+
+
+def _padded_batch(config, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(0, config.vocab_size, size=(3, 21)).astype("int32")
+    padding_mask = np.ones_like(token_ids)
+    padding_mask[1, 14:] = 0
+    padding_mask[2, 5:] = 0
+    token_ids[padding_mask == 0] = config.pad_token_id
+    types = getattr(config, "type_vocab_size", 1)
+    segment_ids = rng.integers(0, types, size=token_ids.shape) * padding_mask
+    return token_ids, padding_mask, segment_ids.astype("int32")
+
+
+@pytest.mark.parametrize("name", MASKED_LMS)
+def test_preset_masked_lm_and_backbone_match_hf(ported, hf_fixture, name):
+    """The user's path through keras_hub's public API, against HF's masked LM."""
+    import keras
+    import keras_hub
+
+    port = ported(name)
+    assert port.cli.exit_code == 0, port.cli.describe()
+    import_generated(port.out, port.package)
+    prefix = "".join(part.capitalize() for part in port.package.split("_"))
+    masked_lm = keras_hub.models.MaskedLM.from_preset(str(port.out / "preset"))
+    assert type(masked_lm).__name__ == f"{prefix}MaskedLM"
+    assert isinstance(masked_lm, keras_hub.models.MaskedLM)
+    assert type(masked_lm.preprocessor).__name__ == f"{prefix}MaskedLMPreprocessor"
+    backbone = keras_hub.models.Backbone.from_preset(str(port.out / "preset"))
+    assert type(backbone).__name__ == f"{prefix}Backbone"
+
+    hf = AutoModelForMaskedLM.from_pretrained(
+        hf_fixture(name), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    token_ids, padding_mask, segment_ids = _padded_batch(hf.config)
+    inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+    types = {}
+    if "segment_ids" in backbone.input:  # token types, drawn at random
+        inputs["segment_ids"] = segment_ids
+        types["token_type_ids"] = torch.as_tensor(segment_ids, dtype=torch.long)
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.as_tensor(token_ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(padding_mask),
+            output_hidden_states=True,
+            **types,
+        )
+    valid = padding_mask.astype(bool)
+    hidden = keras.ops.convert_to_numpy(backbone(inputs))
+    expected_hidden = out.hidden_states[-1].numpy()
+    assert _rel_error(hidden[valid], expected_hidden[valid]) <= 1e-5
+
+    # Masked positions, different in each row, all on real tokens.
+    mask_positions = np.array([[0, 3, 20, 7], [13, 1, 2, 9], [4, 0, 1, 2]], "int32")
+    logits = keras.ops.convert_to_numpy(masked_lm({**inputs, "mask_positions": mask_positions}))
+    expected = np.take_along_axis(out.logits.numpy(), mask_positions[:, :, None], axis=1)
+    assert logits.shape == expected.shape == (3, 4, hf.config.vocab_size)
+    assert _rel_error(logits, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("name", MASKED_LMS)
+def test_generated_encoder_package_tests_and_ruff(ported, name):
+    port = ported(name)
+    assert port.cli.exit_code == 0, port.cli.describe()
+    package = port.out / port.package
+    tests = [
+        package / f"{port.package}_backbone_test.py",
+        package / f"{port.package}_masked_lm_test.py",
+    ]
+    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(port.out)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, tests)],
+        cwd=port.out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "4 passed" in result.stdout, result.stdout[-2000:]
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", *RUFF_SETTINGS, "--isolated", str(package)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert lint.returncode == 0, lint.stdout
+    encoder = (package / f"{port.package}_encoder.py").read_text()
+    assert "cache" not in encoder and "causal" not in encoder.lower()
+    assert not (package / f"{port.package}_decoder.py").exists()
