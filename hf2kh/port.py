@@ -149,7 +149,8 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     shapes.update({t.name: shapes[t.target] for t in graph.tied})
     buffers = {b.name for b in graph.buffers}
     stored = stored_names(meta_model, index)
-    names = {n: stored.get(n, n) for n in set(shapes) | buffers}
+    # (and experts stored one by one, which transformers stacks on load: `stored_names`)
+    names = {**stored, **{n: stored.get(n, n) for n in set(shapes) | buffers}}
     check_shapes(ckpt, {names[n]: s for n, s in shapes.items()})
     dtypes = {n: i.dtype for n, i in index.items()}
     table = rename_tensors(build_table(ir, shapes), names, dtypes)

@@ -8,7 +8,8 @@ only places these lines.
 from __future__ import annotations
 
 from hf2kh.components import mlp as mlp_component
-from hf2kh.ir import Add, Attention, Let, Mlp, Norm, Scale
+from hf2kh.components import moe as moe_component
+from hf2kh.ir import Add, Attention, Let, Mlp, Moe, Norm, Scale
 
 SHAPE = "decoder_sequence_shape"
 
@@ -39,6 +40,8 @@ class BlockCode:
                 lines += self._attention_build(component.name)
             elif isinstance(spec, Mlp):
                 lines += self._mlp_build(spec)
+            elif isinstance(spec, Moe):
+                lines += moe_component.build_lines(self.ctx.prefix, component.name, self.shape)
         return lines
 
     def _attention_build(self, name: str) -> list[str]:
@@ -118,6 +121,8 @@ class BlockCode:
     def feedforward_lines(self) -> list[str]:
         mlp = self.ctx.mlp
         layers = mlp_component.LAYERS
+        if mlp is None:  # a mixture of experts is its own layer
+            return []
         if mlp.gated:
             gate = mlp_component.expression(mlp, f"self.{layers['gate']}(x)")
             return [
@@ -144,5 +149,7 @@ class BlockCode:
     @property
     def mlp_text(self) -> str:
         mlp = self.ctx.mlp
+        if mlp is None:
+            return "sum of the routed experts' down(act(gate(x)) * up(x))"
         act = mlp.activation.value
         return f"down({act}(gate(x)) * up(x))" if mlp.gated else f"down({act}(up(x)))"

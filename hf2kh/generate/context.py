@@ -16,6 +16,7 @@ from hf2kh.components import alibi as alibi_component
 from hf2kh.components import attention as attention_component
 from hf2kh.components import head_transform
 from hf2kh.components import mlp as mlp_component
+from hf2kh.components import moe as moe_component
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import scale as scale_component
@@ -23,7 +24,7 @@ from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, merge_args
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.block_code import BlockCode
-from hf2kh.ir import Attention, Mlp, ModelIR, Norm, NormKind, Positions, Scale, Task
+from hf2kh.ir import Attention, Mlp, ModelIR, Moe, Norm, NormKind, Positions, Scale, Task
 
 BLOCK_SIZES = (
     "num_query_heads",
@@ -83,8 +84,19 @@ class Context:
         return next(c for c in self.block.components if isinstance(c.spec, Attention))
 
     @property
-    def mlp(self) -> Mlp:
-        return next(c.spec for c in self.block.components if isinstance(c.spec, Mlp))
+    def mlp(self) -> Mlp | None:
+        return next((c.spec for c in self.block.components if isinstance(c.spec, Mlp)), None)
+
+    @property
+    def moe(self) -> Moe | None:
+        return next((c.spec for c in self.block.components if isinstance(c.spec, Moe)), None)
+
+    @property
+    def moe_hf_class(self) -> str:
+        return next(c.hf_class for c in self.block.components if isinstance(c.spec, Moe))
+
+    def moe_activation(self, x: str) -> str:
+        return mlp_component.EXPRESSIONS[self.moe.activation].format(x=x)
 
     @property
     def rope(self):
@@ -259,10 +271,11 @@ class Context:
             norms.append(self.ir.head.final_norm)
         if self.ir.stem.embedding_norm is not None:
             norms.append(self.ir.stem.embedding_norm)
-        mlp = next(c.spec for c in block.components if isinstance(c.spec, Mlp))
+        mlp = next((c.spec for c in block.components if isinstance(c.spec, Mlp)), None)
+        moe = next((c.spec for c in block.components if isinstance(c.spec, Moe)), None)
         groups: list[list[Arg]] = [
             [Arg("hidden_dim", self.ir.stem.hidden_dim, "int. Width of the hidden states.")],
-            mlp_component.args(mlp),
+            mlp_component.args(mlp) if mlp is not None else moe_component.args(moe),
             attention_component.args(attention),
         ]
         groups += [norm_component.args(n) for n in norms]

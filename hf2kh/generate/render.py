@@ -51,6 +51,8 @@ def package_files(ctx: Context) -> dict[str, str]:
         files[f"{p}_layernorm.py"] = "layernorm.py.jinja"
     if ctx.rope is not None:
         files[f"{p}_rotary_embedding.py"] = "rotary_embedding.py.jinja"
+    if ctx.moe is not None:
+        files[f"{p}_sparse_moe.py"] = "sparse_moe.py.jinja"
     return files
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hf2kh.errors import WeightAuditError
-from hf2kh.ir import Attention, Mlp, ModelIR, Norm
+from hf2kh.ir import Attention, Mlp, ModelIR, Moe, Norm
 
 TABLE_VERSION = 1
 
@@ -58,7 +58,7 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
     """Every Keras variable of the generated backbone and the HF tensor it is filled from: the
     stem's, each component's of each layer (rows made by the component's own module), the
     head's."""
-    from hf2kh.components import attention, head_transform, mlp, norm
+    from hf2kh.components import attention, head_transform, mlp, moe, norm
 
     stem, head = ir.stem, ir.head
     rows = [_row(f"{stem.hf_embedding}.weight", hf_shapes, "token_embedding/embeddings")]
@@ -109,6 +109,8 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
                 )
             elif isinstance(spec, Mlp):
                 rows += mlp.weight_rows(spec, weights, hf, f"transformer_layer_{i}", hf_shapes)
+            elif isinstance(spec, Moe):
+                rows += moe.weight_rows(spec, weights, hf, keras, hf_shapes)
     if head.final_norm is not None:
         rows += norm.weight_rows(
             head.final_norm, head.hf_final_norm, "sequence_output_layernorm", hf_shapes

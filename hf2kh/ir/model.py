@@ -127,7 +127,22 @@ class Mlp:
     weight_layout: WeightLayout = WeightLayout.LINEAR
 
 
-ComponentSpec = Norm | Attention | Mlp
+@dataclass(frozen=True)
+class Moe:
+    """A sparse mixture of gated-MLP experts: a bias-free router scores the `num_experts`
+    experts, the softmax's `top_k` largest probabilities (renormalized to sum to 1 with
+    `normalize_top_k`) weight the chosen experts' outputs. Each expert's fused gate/up rows are
+    `[gate | up]`, or `[up | gate]` without `gate_first`."""
+
+    num_experts: int
+    top_k: int
+    intermediate_dim: int
+    activation: Activation
+    normalize_top_k: bool
+    gate_first: bool = True
+
+
+ComponentSpec = Norm | Attention | Mlp | Moe
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from hf2kh.components import attention as attention_component
 from hf2kh.components import mlp as mlp_component
+from hf2kh.components import moe as moe_component
 from hf2kh.components import norm as norm_component
 from hf2kh.components import scale as scale_component
 from hf2kh.components.base import (
@@ -26,7 +27,7 @@ from hf2kh.components.base import (
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, Step, block_steps, calls_within, first_call
 from hf2kh.inspect.graph import Call
-from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Norm, Scale
+from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Moe, Norm, Scale
 from hf2kh.recognize.graph_view import GraphView
 
 
@@ -153,7 +154,10 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence, ca
         raise UnsupportedModelError(
             f"{path}: ends in the norm {post_norm[0]} of something other than a residual sum"
         )
-    if attention_component.is_attention(G, path):
+    if moe_component.is_moe(G, path):  # before attention: its router has a softmax too
+        spec, weights = moe_component.recognize(G, path, hidden_dim, evidence)
+        kind = "mlp"
+    elif attention_component.is_attention(G, path):
         path = _innermost_attention(G, path)
         spec, weights = attention_component.recognize(
             G, path, hidden_dim, rope, evidence, causal=causal
@@ -376,7 +380,7 @@ def _added_branch(steps, value: int) -> str | None:
 
 def _check_one_each(block: str, components: tuple[Component, ...]) -> None:
     attentions = [c for c in components if isinstance(c.spec, Attention)]
-    mlps = [c for c in components if isinstance(c.spec, Mlp)]
+    mlps = [c for c in components if isinstance(c.spec, (Mlp, Moe))]
     if len(attentions) != 1:
         raise UnsupportedModelError(f"{block}: expected one attention, found {len(attentions)}")
     if len(mlps) != 1:

@@ -17,10 +17,18 @@ def stored_names(model, stored: Iterable[str]) -> dict[str, str]:
     """Model parameter/buffer name -> the name the checkpoint stores it under.
 
     Only renames are followed; a tensor transformers converts on load (fused, split or
-    permuted by a `WeightConverter`) is refused, naming it.
+    permuted by a `WeightConverter`) is refused, naming it. Experts stored one by one and
+    stacked on load (`MergeModulelist`, then `Concatenate` of gate and up) are left out of the
+    mapping but under their renamed names: the mixture-of-experts component's rows read them
+    (`hf2kh.components.moe.stored_experts`), and the weight audit checks every one is used.
     """
     from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    from transformers.core_model_loading import (
+        WeightConverter,
+        WeightRenaming,
+        apply_renamings,
+        rename_source_key,
+    )
 
     transforms = get_model_conversion_mapping(model)
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
@@ -31,6 +39,11 @@ def stored_names(model, stored: Iterable[str]) -> dict[str, str]:
         model_name, converted_by = rename_source_key(
             name, renamings, converters, model.base_model_prefix, meta_state_dict
         )
+        if converted_by is not None and _stacks_experts(converters, converted_by):
+            # an expert stored alone: under its renamed name (`block_sparse_moe` -> `mlp`), which
+            # the mixture-of-experts component's rows use
+            mapping.setdefault(apply_renamings(name, renamings), name)
+            continue
         if converted_by is not None:
             raise UnsupportedModelError(
                 f"checkpoint tensor {name} is converted by transformers on load "
@@ -38,3 +51,14 @@ def stored_names(model, stored: Iterable[str]) -> dict[str, str]:
             )
         mapping.setdefault(model_name, name)
     return mapping
+
+
+def _stacks_experts(converters, converted_by) -> bool:
+    """The converter that matched stacks per-expert tensors (and concatenates gate and up)."""
+    from transformers.core_model_loading import Concatenate, MergeModulelist
+
+    for converter in converters:
+        if converted_by in converter.source_patterns:
+            stacking = (MergeModulelist, Concatenate)
+            return all(isinstance(op, stacking) for op in converter.operations)
+    return False
