@@ -58,3 +58,49 @@ def test_residual_multiplier_is_explained():
         ("attention", "attention_output_scale"),
         ("feedforward", "feedforward_output_scale"),
     ]
+
+
+def test_layers_without_rope_are_one_block_class_with_use_rope():
+    """SmolLM3 rotates q/k in three of every four layers (`no_rope_layers`); the probe finds the
+    others unrotated, and the package's block takes a per-layer `use_rope`."""
+    from hf2kh.generate.context import Context
+
+    zoo_type = next(t for t in candidate_types()[0] if t.model_type == "smollm3")
+    config, _ = tiny_config(zoo_type, TOKENS)
+    ir = _recognize("smollm3")
+    with_rope = [ir.block_type(i).attention.rope is not None for i in range(ir.num_layers)]
+    assert with_rope == [bool(flag) for flag in config.no_rope_layers]
+    assert not all(with_rope) and any(with_rope)
+    context = Context(ir, tokenizer=None)
+    assert context.rope_per_layer
+    assert context.per_layer_args["use_rope"] == with_rope
+
+
+def test_relu_squared_activation():
+    """Arcee's MLP activation, relu(x)**2, is recognized and emitted as such."""
+    import keras
+    import numpy as np
+
+    from hf2kh.components import mlp as mlp_component
+    from hf2kh.ir import Activation
+
+    components = _recognize("arcee").block_types[0].components
+    mlp = next(c.spec for c in components if c.name == "feedforward")
+    assert mlp.activation is Activation.RELU_SQUARED and not mlp.gated
+    x = np.linspace(-3, 3, 13).astype("float32")
+    code = mlp_component.expression(mlp, "x")
+    emitted = eval(code, {"ops": keras.ops, "x": x})  # the expression the package prints
+    np.testing.assert_allclose(np.asarray(emitted), np.maximum(x, 0) ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("model_type, normalized", [("mixtral", True), ("qwen3_moe", False)])
+def test_mixture_of_experts_is_probed(model_type, normalized):
+    """The routing is measured on the module's output: top 2 of 4 experts (the zoo's shrunk
+    config), renormalized (Mixtral) or not (Qwen3-MoE's norm_topk_prob false)."""
+    from hf2kh.ir import Activation, Moe
+
+    block = _recognize(model_type).block_types[0]
+    moe = next(c.spec for c in block.components if isinstance(c.spec, Moe))
+    assert (moe.num_experts, moe.top_k) == (4, 2)
+    assert moe.normalize_top_k is normalized
+    assert moe.activation is Activation.SILU and moe.gate_first
