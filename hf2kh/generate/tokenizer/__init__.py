@@ -42,6 +42,16 @@ Why subclasses: the stock KerasHub tokenizers are not exact for these checkpoint
   zero-width characters instead of removing them and caps words at 100 bytes rather than 100
   characters. The subclass tokenizes with `BertNormalizer` + `BertPreTokenizer` + `WordPiece`.
 
+SentencePiece-style encoders (ALBERT, XLM-R: `WhitespaceSplit` + `Metaspace`, a `Precompiled`
+normalizer, ALBERT's lowercasing and accent stripping) run HF's own normalizer with the
+`tokenizers` library on the text between added tokens, cut it into words at whitespace, prepend
+"▁" to each word and let SentencePiece (its own normalizer off) encode them.
+
+Encoders also need HF's framing of one text and a pair (`[CLS] a [SEP] b [SEP]`,
+`<s> a </s></s> b </s>`): `TokenizerSpec.framing` is measured from `tokenizer(a, b)`, and
+`preprocessor.py` renders the generated segment packer (HF's `longest_first` pair truncation) and
+the masked-LM and classifier preprocessors.
+
 Inside `tf.data`/`tf.function` each subclass runs the same Python code through `tf.py_function`
 (as KerasHub's `MistralTekkenTokenizer` does), so graph and eager ids agree.
 
@@ -64,9 +74,9 @@ Known limits (the spec's `notes` name those a checkpoint hits; none is hit by th
 - Added tokens with `normalized=True` in a SentencePiece-style model whose normalizer changes them
   (matched in the raw text); `single_word` added tokens in a Unigram model (HF's Unigram can still
   pick the piece inside a word, SentencePiece cannot).
-- A `Precompiled` normalizer is copied into the `.spm` but not covered by tests.
-- Pipelines of other shapes (several `Split`s, `WhitespaceSplit` + `Metaspace` as in T5, `Strip`,
-  lowercasing outside BERT, ...) raise `UnsupportedModelError` naming the step.
+- Pipelines of other shapes (several `Split`s, `WhitespaceSplit` + `Metaspace` with a prepend
+  scheme other than "always" as in T5, a text normalizer together with space replacement, ...)
+  raise `UnsupportedModelError` naming the step.
 """
 
 from __future__ import annotations

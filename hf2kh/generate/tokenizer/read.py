@@ -23,6 +23,20 @@ _ASSET_FILES = {
 }
 _UNICODE_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 _SPACE_MARK = "\u2581"
+# Normalizers a SentencePiece-style tokenizer may run on the text (ALBERT: quote Replaces, NFKD,
+# StripAccents, Lowercase, Precompiled; XLM-R: Precompiled): the generated tokenizer runs HF's
+# own normalizer with the `tokenizers` library.
+_TEXT_NORMALIZERS = (
+    "Replace",
+    "NFC",
+    "NFD",
+    "NFKC",
+    "NFKD",
+    "StripAccents",
+    "Lowercase",
+    "Precompiled",
+    "Strip",
+)
 
 
 @dataclass
@@ -354,6 +368,10 @@ def _byte_bpe_details(view: _HFView) -> dict:
     )
 
 
+def _replaces_spaces(norm: dict) -> bool:
+    return norm.get("type") == "Replace" and (norm.get("pattern") or {}).get("String") == " "
+
+
 def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
     model = view.backend["model"]
     where = view.directory
@@ -361,25 +379,29 @@ def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
     pre = _flatten(view.backend.get("pre_tokenizer"), "pretokenizers")
     prepend_scheme = "never"
     split_on_whitespace = False
+    whitespace_split = False
     spaces_replaced = False
+    text_norms = [
+        n for n in norms if n.get("type") in _TEXT_NORMALIZERS and not _replaces_spaces(n)
+    ]
     for norm in norms:
         kind = norm.get("type")
-        if kind == "Replace" and (norm.get("pattern") or {}).get("String") == " ":
+        if _replaces_spaces(norm):
             if norm.get("content") != _SPACE_MARK:
                 raise UnsupportedModelError(f"{where}: normalizer replaces spaces by {norm!r}.")
             spaces_replaced = True
         elif kind == "Prepend" and norm.get("prepend") == _SPACE_MARK:
             prepend_scheme = "legacy"
-        elif kind == "Precompiled":
-            notes.append(
-                "The Precompiled (SentencePiece charsmap) normalizer is copied into the model; "
-                "whitespace it creates is not seen by the prepend rule."
-            )
-        else:
+        elif kind not in _TEXT_NORMALIZERS:
             raise UnsupportedModelError(
                 f"{where}: SentencePiece-style normalizer {kind!r} ({norm}) is not supported."
             )
-    for step in pre:
+    if text_norms and (spaces_replaced or prepend_scheme == "legacy"):
+        raise UnsupportedModelError(
+            f"{where}: a normalizer that changes the text ({[n.get('type') for n in text_norms]}) "
+            "together with space replacement or a Prepend is not supported."
+        )
+    for index, step in enumerate(pre):
         kind = step.get("type")
         if kind == "Metaspace":
             if step.get("replacement", _SPACE_MARK) != _SPACE_MARK:
@@ -392,6 +414,8 @@ def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
             if prepend_scheme != "legacy":
                 prepend_scheme = scheme
             split_on_whitespace = bool(step.get("split", True))
+        elif kind == "WhitespaceSplit" and index == 0:
+            whitespace_split = True  # ALBERT, XLM-R: words cut at whitespace, which is dropped
         elif (
             kind == "Split" and (step.get("pattern") or {}).get("String") == " " and spaces_replaced
         ):
@@ -400,6 +424,11 @@ def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
             raise UnsupportedModelError(
                 f"{where}: SentencePiece-style pre-tokenizer {kind!r} ({step}) is not supported."
             )
+    if whitespace_split and prepend_scheme != "always":
+        raise UnsupportedModelError(
+            f"{where}: WhitespaceSplit before Metaspace(prepend_scheme={prepend_scheme!r}) is not "
+            "supported (only 'always', as in ALBERT and XLM-R)."
+        )
     vocab = _vocab_ids(view)
     byte_pieces = sum(f"<0x{b:02X}>" in vocab for b in range(256))
     if model.get("byte_fallback") and 0 < byte_pieces < 256:
@@ -434,6 +463,9 @@ def _sentencepiece_details(view: _HFView, notes: list[str]) -> dict:
         split_on_whitespace=split_on_whitespace,
         model_type="unigram" if model.get("type") == "Unigram" else "bpe",
         drop_unknown=drop_unknown,
+        # the whole normalizer, run by the `tokenizers` library, when it changes the text
+        normalizer=json.dumps(view.backend["normalizer"]) if text_norms else None,
+        whitespace_split=whitespace_split,
     )
 
 

@@ -48,6 +48,10 @@ class TokenizerSpec:
     split_on_whitespace: bool = False  # sentencepiece: Metaspace(split=True)
     model_type: str | None = None  # sentencepiece: "bpe" | "unigram"
     drop_unknown: bool = False  # sentencepiece: HF drops unknown characters (no unk, no bytes)
+    # sentencepiece: HF's normalizer as `tokenizers` JSON when it changes the text (lowercasing,
+    # accents, Precompiled charsmap ...), run before the words are cut
+    normalizer: str | None = None
+    whitespace_split: bool = False  # sentencepiece: WhitespaceSplit before Metaspace
     strip_accents: bool = False  # wordpiece
     split_on_cjk: bool = True  # wordpiece
     clean_text: bool = True  # wordpiece
@@ -81,7 +85,7 @@ class TokenizerSpec:
                 "decoder": self.decoder,
             }
         if self.kind == "sentencepiece":
-            return {
+            kwargs = {
                 "unsplittable_tokens": list(self.special_tokens),
                 "prepend_scheme": self.prepend_scheme,
                 "split_on_whitespace": self.split_on_whitespace,
@@ -89,6 +93,11 @@ class TokenizerSpec:
                 "drop_unknown": self.drop_unknown,
                 "decoder": self.decoder,
             }
+            if self.normalizer is not None:
+                kwargs["normalizer"] = self.normalizer
+            if self.whitespace_split:
+                kwargs["whitespace_split"] = True
+            return kwargs
         return {
             "lowercase": self.lowercase,
             "strip_accents": self.strip_accents,
