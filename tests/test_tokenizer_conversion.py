@@ -44,6 +44,16 @@ from tests.fixtures.tokenizers import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("masked_lm", "text_classifier")
 
+
+def _train_roberta(out_dir) -> Path:
+    """The roberta fixture's tokenizer: byte-level BPE declared as a RobertaTokenizer."""
+    from tests.fixtures.factory import FIXTURES, train_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return train_tokenizer(FIXTURES["roberta"], out)
+
+
 # name -> (trainer, kwargs, expected kind)
 KINDS: dict[str, tuple] = {
     "bpe_gpt2": (train_byte_bpe, dict(style="gpt2"), "byte_bpe"),
@@ -63,6 +73,7 @@ KINDS: dict[str, tuple] = {
         ),
         "byte_bpe",
     ),
+    "bpe_roberta": (_train_roberta, {}, "byte_bpe"),
     "sp_llama_bpe": (train_sentencepiece, dict(style="llama", model_type="bpe"), "sentencepiece"),
     "sp_llama_unigram": (
         train_sentencepiece,
@@ -222,6 +233,15 @@ def test_spec_reads_the_pipeline(checkpoint, tmp_path, name):
         ),
         "bpe_qwen2": dict(
             split_pattern=QWEN2_SPLIT_PATTERN, unicode_normalization="NFC", bos_token=None
+        ),
+        "bpe_roberta": dict(
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+            add_bos=True,
+            add_eos=True,
+            framing=Framing(("<s>",), ("</s>", "</s>"), ("</s>",), segment_ids=False),
         ),
         "sp_llama_bpe": dict(prepend_scheme="first", model_type="bpe", add_bos=True),
         "sp_llama_unigram": dict(prepend_scheme="first", model_type="unigram"),
@@ -565,11 +585,7 @@ def test_generated_preprocessors_give_hf_inputs(checkpoint, tmp_path):
     and in `tf.data`. BERT-style WordPiece with segment ids, RoBERTa's byte-level BPE with
     `<s> a </s></s> b </s>` and no token_type_ids (zeros for the backbone), ALBERT's and XLM-R's
     SentencePiece Unigram, and the real all-MiniLM-L6-v2 tokenizer."""
-    from tests.fixtures.factory import FIXTURES, train_tokenizer
-
-    roberta = tmp_path / "roberta_tokenizer"
-    roberta.mkdir()
-    train_tokenizer(FIXTURES["roberta"], roberta)
+    roberta = checkpoint("bpe_roberta")
     albert, xlmr = checkpoint("sp_albert_unigram"), checkpoint("sp_xlmr_unigram")
     packages = [
         _text_package(tmp_path, "tiny_bert", checkpoint("wordpiece_uncased"), TASKS),
