@@ -19,7 +19,9 @@ weights, and the real SmolLM2-135M of the tests when its data package is install
 Prints a markdown table (also written to `--report`). Times are absolute on a noisy machine;
 the ratios are what to read.
 
-    KERAS_BACKEND=torch python benchmarks/speed.py [--quick] [--only llama,gpt2,smollm2] [--tiny]
+    KERAS_BACKEND=torch python benchmarks/speed.py [--quick] [--threads N] [--only llama,gpt2]
+
+`--tiny` builds tiny checkpoints instead: a smoke run of the script itself, no figures.
 """
 
 from __future__ import annotations
@@ -453,6 +455,12 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=Path("benchmarks/speed-latest.md"))
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads here and in the children (default: torch's own); on a machine "
+        "shared with other work, 1 avoids OpenMP threads waiting on descheduled peers",
+    )
+    parser.add_argument(
         "--tiny", action="store_true", help="tiny built checkpoints: a smoke run of this script"
     )
     args = parser.parse_args()
@@ -460,8 +468,12 @@ def main() -> None:
     args.rounds = 3 if args.quick else 5
     args.generate_rounds = 1 if args.quick else 3
 
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the children read it
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     header = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": subprocess.run(
