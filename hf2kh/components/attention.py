@@ -131,7 +131,7 @@ def recognize(
     # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
     alibi, product = alibi_component.recognize(G, attn, evidence)
     scale *= product.get("alpha", 1.0) if scores.target == "baddbmm" else 1.0
-    qk_norm = None
+    qk_norm, qk_norm_per_head = None, True
     # BERT's attention normalizes its output after adding the residual: that norm is a block step
     post_norm = post_norm_inside(G, attn, first_call(G.g, attn))
     norm_children = [c for c in norm_children if post_norm is None or c != post_norm[0]]
@@ -140,17 +140,19 @@ def recognize(
         k_norms = [c for c in norm_children if feeds(c, k_val)]
         if len(q_norms) != 1 or len(k_norms) != 1 or len(norm_children) != 2:
             raise UnsupportedModelError(f"{attn}: unrecognized norms {norm_children}")
-        widths = {G.g.value(G.inp(n)).shape[-1] for n in (q_norms[0], k_norms[0])}
-        if widths != {head_dim}:
+        q_width, k_width = (G.g.value(G.inp(n)).shape[-1] for n in (q_norms[0], k_norms[0]))
+        qk_norm_per_head = q_width == k_width == head_dim
+        if not qk_norm_per_head and (q_width, k_width) != (q_out, k_out):
             raise UnsupportedModelError(
-                f"{attn}: q/k norms over {sorted(widths)} features (all heads at once), "
-                f"not per head of {head_dim}: not supported yet"
+                f"{attn}: q/k norms over {q_width}/{k_width} features, neither per head of "
+                f"{head_dim} nor all heads at once ({q_out}/{k_out}): not supported yet"
             )
-        qk_norm = norm_component.recognize(G, q_norms[0], head_dim)
-        if norm_component.recognize(G, k_norms[0], head_dim) != qk_norm:
+        qk_norm = norm_component.recognize(G, q_norms[0], q_width)
+        if norm_component.recognize(G, k_norms[0], k_width) != qk_norm:
             raise UnsupportedModelError(f"{attn}: q and k norms differ")
         weights["query_norm"], weights["key_norm"] = q_norms[0], k_norms[0]
-        evidence.append(f"q/k norm per head: {norm_component.describe(qk_norm)}")
+        where = "per head" if qk_norm_per_head else "over all heads at once"
+        evidence.append(f"q/k norm {where}: {norm_component.describe(qk_norm)}")
     allowed = OPS
     if rope is not None:
         sources = [q[0]] if "qkv" in weights else [q[0], k[0]]
@@ -174,6 +176,7 @@ def recognize(
         output_weight_layout=o_layout,
         rope=rope,
         qk_norm=qk_norm,
+        qk_norm_per_head=qk_norm_per_head,
         softcap=softcap,
         alibi=alibi,
         causal=causal,

@@ -120,9 +120,15 @@ def _probe(G, path, router, gate_up, down, experts, inner) -> Moe:
                 scores, fused, w_down, k, n, probes.ACTIVATIONS[a], g
             )
         )
-    k, normalize, activation, gate_first = probes.pick(
-        f"{path}: the mixture of experts", observed, candidates
-    ).split("|")
+    try:
+        chosen = probes.pick(f"{path}: the mixture of experts", observed, candidates)
+    except UnsupportedModelError:
+        raise UnsupportedModelError(
+            f"{path}: the mixture of experts matches no softmax top-k routing hf2kh knows (every "
+            "k, renormalized or not, each activation, either gate/up order); it needs the "
+            "op-by-op fallback, which this version of hf2kh does not emit"
+        ) from None
+    k, normalize, activation, gate_first = chosen.split("|")
     return Moe(
         num_experts=experts,
         top_k=int(k),

@@ -113,6 +113,7 @@ class Attention:
     output_weight_layout: WeightLayout = WeightLayout.LINEAR
     rope: Rope | None = None
     qk_norm: Norm | None = None
+    qk_norm_per_head: bool = True  # False: over all heads at once (OLMo 2's q_norm(q_proj(x)))
     causal: bool = True
     softcap: float | None = None  # scores become `softcap * tanh(scores / softcap)` (Gemma 2)
     alibi: Alibi | None = None  # a linear position bias on the scores instead of rope
