@@ -104,3 +104,11 @@ def test_mixture_of_experts_is_probed(model_type, normalized):
     assert (moe.num_experts, moe.top_k) == (4, 2)
     assert moe.normalize_top_k is normalized
     assert moe.activation is Activation.SILU and moe.gate_first
+
+
+def test_qk_norm_over_all_heads():
+    """OLMo 2 normalizes the whole q and k projections before splitting heads (4 query heads and
+    2 key/value heads of 16 in the zoo's shrunk config): one norm over 64 and 32 features."""
+    attention = _recognize("olmo2").attention
+    assert attention.qk_norm is not None and not attention.qk_norm_per_head
+    assert (attention.num_query_heads, attention.num_key_value_heads) == (4, 2)
