@@ -212,6 +212,11 @@ from hf2kh.zoo.command import zoo  # noqa: E402
 
 app.command()(zoo)
 
+# `hf2kh nightly` (port and verify a list, compare with the previous run): hf2kh/nightly/.
+from hf2kh.nightly.command import nightly  # noqa: E402
+
+app.command()(nightly)
+
 
 def _no_progress_bars() -> None:
     """Silence the download/loading bars of huggingface_hub and transformers (on stderr), for

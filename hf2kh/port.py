@@ -290,8 +290,18 @@ def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtyp
     ]
     result = subprocess.run(command, cwd=parent, env=env, capture_output=True, text=True)
     if result.returncode != 0:
+        full = next((s for s in FULL_DISK if s in result.stderr), None)
+        if full is not None:
+            raise Hf2khError(
+                f"the disk is full: writing the preset failed ({full}); free some space in "
+                f"{preset.parent.parent} and run the port again (--out was left as it was)"
+            )
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise Hf2khError(f"the generated conversion script failed: {last}")
+
+
+# How a full disk (or a file-size limit, or a quota) shows in the conversion script's errors.
+FULL_DISK = ("No space left on device", "File too large", "Disk quota exceeded")
 
 
 def verify_port(module, ir, files, reference, hf_side, verify_options):

@@ -199,8 +199,12 @@ def verify_decoder(
     located = _localize(report.checks, sublayers or [], keras_points.order, point_results)
     report.checks.extend(located)
     if located and report.first_divergence:
-        first = located[0]
-        report.first_divergence += f"; first diverging sublayer {first.name}: {first.detail}"
+        keras_path, _, mode = located[0].name.rstrip(")").partition(" (")
+        hf_path = located[0].detail.removeprefix("HF ").partition(": ")[0]
+        where = located[0].detail.rpartition("; ")[2]
+        report.first_divergence += (
+            f"; first diverging sublayer ({mode}): Keras {keras_path} = HF {hf_path}, {where}"
+        )
 
     report.checks.append(_greedy_check(hf_model, causal_lm, vocab, new_tokens, tolerance))
     report.checks.extend(_tokenizer_checks(hf_tokenizer, causal_lm.preprocessor, corpus))
