@@ -352,6 +352,12 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_hidden_layers": LAYOUT,
         "type_vocab_size": LAYOUT,
     },
+    "xlm_roberta": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "type_vocab_size": LAYOUT,
+    },
 }
 
 

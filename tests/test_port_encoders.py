@@ -67,6 +67,20 @@ def test_bert_ir_is_a_post_norm_bidirectional_encoder_with_an_mlm_head(hf_fixtur
     assert ir.head.tied and ir.head.bias and ir.head.final_norm is None
 
 
+@pytest.mark.parametrize("name", ["roberta", "xlm_roberta"])
+def test_roberta_positions_are_counted_from_the_token_ids(hf_fixture, name):
+    path = hf_fixture(name)
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    assert ir.stem.positions is Positions.COUNTED
+    assert ir.stem.position_padding_id == config.pad_token_id == 2  # not RoBERTa's usual 1
+    assert ir.stem.max_positions == config.max_position_embeddings
+    assert ir.stem.type_vocab_size == 1 and ir.head.task is Task.MASKED_LM
+    norms = {c.spec.epsilon for c in ir.block_types[0].components if isinstance(c.spec, Norm)}
+    assert norms == {config.layer_norm_eps}
+
+
 def _padded_batch(config, seed: int = 0):
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(0, config.vocab_size, size=(3, 21)).astype("int32")
@@ -74,6 +88,8 @@ def _padded_batch(config, seed: int = 0):
     padding_mask[1, 14:] = 0
     padding_mask[2, 5:] = 0
     token_ids[padding_mask == 0] = config.pad_token_id
+    # a pad token among real tokens: RoBERTa's positions skip it, attention still reads it
+    token_ids[0, 6] = config.pad_token_id
     types = getattr(config, "type_vocab_size", 1)
     segment_ids = rng.integers(0, types, size=token_ids.shape) * padding_mask
     return token_ids, padding_mask, segment_ids.astype("int32")

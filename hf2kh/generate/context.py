@@ -198,8 +198,9 @@ class Context:
 
     @property
     def segments(self) -> bool:
-        """The backbone takes `segment_ids` (token types)."""
-        return self.ir.stem.hf_token_types is not None
+        """The backbone takes `segment_ids` (token types; a table of one row is a constant)."""
+        stem = self.ir.stem
+        return stem.hf_token_types is not None and stem.type_vocab_size > 1
 
     @property
     def task_args(self) -> list[Arg]:
@@ -368,6 +369,22 @@ class Context:
                     "int. Rows of the learned position embedding.",
                 )
             )
+        if stem.positions is Positions.COUNTED:
+            args.append(
+                Arg(
+                    "max_sequence_length",
+                    stem.max_positions - stem.position_padding_id - 1,
+                    "int. Longest sequence the position embedding covers.",
+                )
+            )
+            args.append(
+                Arg(
+                    "position_padding_id",
+                    stem.position_padding_id,
+                    "int. The pad token id: positions count the other tokens from "
+                    "`position_padding_id + 1` on, padding reads row `position_padding_id`.",
+                )
+            )
         if stem.embedding_scale:
             args.append(
                 Arg(
@@ -402,6 +419,8 @@ class Context:
     def max_positions(self) -> int | None:
         """Longest sequence the model's learned positions cover (None: no limit)."""
         stem = self.ir.stem
+        if stem.positions is Positions.COUNTED:
+            return stem.max_positions - stem.position_padding_id - 1
         return stem.max_positions - stem.position_offset if stem.max_positions else None
 
     @property

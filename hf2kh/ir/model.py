@@ -67,6 +67,9 @@ class RopeLayout(enum.Enum):
 class Positions(enum.Enum):
     NONE = "none"  # rope or ALiBi inside attention
     LEARNED = "learned"
+    # learned, at row `pad + cumsum(token_ids != pad)` (`pad` for padding): RoBERTa's positions
+    # counted from the token ids, `Stem.position_padding_id` the pad
+    COUNTED = "counted"
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class Stem:
     hf_positions: str | None = None
     max_positions: int | None = None
     position_offset: int = 0  # rows skipped at the start of the table (OPT: 2)
+    position_padding_id: int | None = None  # Positions.COUNTED: the pad id the count skips
     embedding_scale: float | None = None
     # A norm of the (scaled, projected, position-summed) embeddings before the first block (BLOOM).
     embedding_norm: Norm | None = None

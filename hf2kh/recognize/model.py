@@ -81,10 +81,13 @@ def recognize_model(
     positions = [
         p
         for p in stem_modules
-        if p != embed
+        if p not in (embed, embedding_projection)
         and G.is_projection(p)
         and G.own_params(p)["weight"][-1] == hidden_dim
-        and not G.derives(first_call(graph, p).inputs[0], input_value)
+        and (
+            not G.derives(first_call(graph, p).inputs[0], input_value)
+            or stem_tables.padding_id(G, p, input_value) is not None
+        )
     ]
     embedding_out = first_call(graph, embed).outputs[0]
     embedding_norms = [
@@ -136,7 +139,13 @@ def recognize_model(
         tables=tuple(positions),
     )
     G.block_inputs = stem["inputs"]
-    position_path, token_types = stem_tables.classify(stem, positions)
+    pads = {p: stem_tables.padding_id(G, p, input_value) for p in positions}
+    position_path, token_types, position_padding_id = stem_tables.classify(stem, positions, pads)
+    if position_padding_id is not None:
+        evidence.append(
+            f"positions counted from the token ids: {position_path} row "
+            f"{position_padding_id} + cumsum(input_ids != {position_padding_id}) (dataflow, probed)"
+        )
     positions = [position_path] if position_path else []
     if position_path:
         stem["position"] = stem[f"table:{position_path}"]
@@ -244,7 +253,10 @@ def recognize_model(
     explained = capped + transformed + scales
     explain_ops("the head", [c for c in own if c not in explained], HEAD_OPS)
     tied_names = {t.name: t.target for t in graph.tied}
-    tied = tied_names.get(f"{head}.weight") == f"{embed}.weight"
+    tied = (  # recorded either way round (XLM-RoBERTa's embedding is tied to its decoder)
+        tied_names.get(f"{head}.weight") == f"{embed}.weight"
+        or tied_names.get(f"{embed}.weight") == f"{head}.weight"
+    )
     head_bias = "bias" in G.own_params(head)
     evidence.append(
         f"LM head {head}: {'tied to' if tied else 'separate from'} the token embedding"
@@ -263,7 +275,7 @@ def recognize_model(
     elif rope is None and not any(b.attention.alibi for b in block_types):
         raise UnsupportedModelError("no position information found (no rope, no learned positions)")
     scale = _embedding_scale(stem)
-    offset = _position_offset(stem) if positions else 0
+    offset = _position_offset(stem) if positions and position_padding_id is None else 0
     if offset:
         evidence.append(f"learned positions start at row {offset} of the table")
     if scale is not None:
@@ -285,7 +297,8 @@ def recognize_model(
             vocab_size=vocab_size,
             hidden_dim=hidden_dim,
             hf_embedding=embed,
-            positions=Positions.LEARNED if positions else Positions.NONE,
+            positions=_positions_kind(positions, position_padding_id),
+            position_padding_id=position_padding_id,
             hf_positions=positions[0] if positions else None,
             max_positions=max_positions,
             position_offset=offset,
@@ -318,6 +331,12 @@ def recognize_model(
         pad_token_id=_token_id(config, "pad_token_id"),
         evidence=tuple(evidence),
     )
+
+
+def _positions_kind(positions: list[str], padding_id: int | None) -> Positions:
+    if not positions:
+        return Positions.NONE
+    return Positions.LEARNED if padding_id is None else Positions.COUNTED
 
 
 def _task(block_types: list[BlockType], transform, head: str) -> Task:

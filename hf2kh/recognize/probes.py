@@ -219,6 +219,7 @@ def run_stem(
     vocab = stem.get_submodule(embed).weight.shape[0]
     ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(3))
     captured["embed"] = table.detach()[ids].clone()
+    captured["ids"] = ids
     try:
         with torch.no_grad():
             stem(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)

@@ -3,8 +3,10 @@
 Besides the token embedding, a stem may look up tables of the hidden width with indices that do
 not come from the token ids: BERT adds learned positions and token types. They are told apart on
 numbers, in the CPU stem run (`probes.run_stem`, called without token types): the position table
-is read at consecutive rows (from some offset), the token-type table at one row for every token
-(type 0, the default when none are given).
+is read at consecutive rows (from some offset), or, when its index is computed from the token
+ids (a `ne` with the pad id and a `cumsum` in the dataflow: RoBERTa), at
+`pad + cumsum(ids != pad)` rows; the token-type table at one row for every token (type 0, the
+default when none are given).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from hf2kh.errors import UnsupportedModelError
+from hf2kh.inspect.dataflow import first_call
 
 
 def _used_rows(captured: dict, path: str) -> torch.Tensor:
@@ -31,12 +34,54 @@ def _one_row(table: torch.Tensor, used: torch.Tensor) -> bool:
     return any(bool((used == row).all()) for row in table)
 
 
-def classify(captured: dict, tables: list[str]) -> tuple[str | None, str | None]:
-    """(the position table, the token-type table) among `tables`, each None when absent."""
-    positions, types = [], []
+def padding_id(G, path: str, input_ids: int) -> int | None:
+    """The pad id when the table at `path` is read at positions counted from the token ids
+    (RoBERTa's `padding_idx + cumsum(input_ids != padding_idx)`): the recorded dataflow from
+    `input_ids` to the table's index holds a `ne` with that constant and a `cumsum`."""
+    index = first_call(G.g, path).inputs[0]
+    on_path = [
+        c
+        for c in G.g.calls
+        if c.kind == "function"
+        and c.outputs
+        and G.derives(index, c.outputs[0])
+        and G.derives(c.outputs[0], input_ids)
+    ]
+    pads = {
+        int(c.constants[0])
+        for c in on_path
+        if c.target in ("ne", "__ne__") and input_ids in c.inputs and c.constants
+    }
+    if len(pads) != 1 or not any(c.target == "cumsum" for c in on_path):
+        return None
+    return pads.pop()
+
+
+def counted_positions(ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """`pad + cumsum(ids != pad)` on real tokens, `pad` on padding (HF's
+    `create_position_ids_from_input_ids`)."""
+    real = (ids != pad).long()
+    return pad + torch.cumsum(real, dim=1) * real
+
+
+def classify(
+    captured: dict, tables: list[str], pads: dict[str, int | None]
+) -> tuple[str | None, str | None, int | None]:
+    """(the position table, the token-type table, the pad id when positions are counted from
+    the token ids) among `tables`; `pads`: each table's `padding_id`."""
+    positions, types, counted = [], [], None
     for path in tables:
         table, used = captured[f"rows:{path}"], _used_rows(captured, path)
-        if position_offset(table, used) is not None:
+        pad = pads.get(path)
+        counted_rows = counted_positions(captured["ids"], pad)[0] if pad is not None else None
+        if (
+            counted_rows is not None
+            and int(counted_rows.max()) < table.shape[0]
+            and torch.equal(table[counted_rows], used)
+        ):
+            positions.append(path)
+            counted = pad
+        elif position_offset(table, used) is not None:
             positions.append(path)
         elif _one_row(table, used):
             types.append(path)
@@ -49,4 +94,4 @@ def classify(captured: dict, tables: list[str]) -> tuple[str | None, str | None]
         raise UnsupportedModelError(
             f"more than one table of positions {positions} or token types {types}"
         )
-    return (positions or [None])[0], (types or [None])[0]
+    return (positions or [None])[0], (types or [None])[0], counted
