@@ -163,3 +163,35 @@ def test_a_changed_norm_epsilon_is_named_by_block_and_sublayer(llama_port):
         check = located[f"transformer_layer_0/self_attention_layernorm ({mode})"]
         assert check["detail"].startswith("HF model.layers.0.input_layernorm: ")
         assert not check["passed"]
+
+
+def test_port_refuses_a_bad_backend_before_writing_anything(hf_fixture, tmp_path):
+    out = tmp_path / "out"
+    run = run_cli("port", hf_fixture("llama"), "--out", out, "--verify", "--backend", "mxnet")
+    assert run.exit_code == 2, run.describe()
+    assert run.stderr == "error: --backend must be one of torch, jax, tensorflow, not 'mxnet'\n"
+    assert not out.exists()
+
+
+def test_module_outputs_that_are_not_the_same_tensor_do_not_localize(ported, tmp_path):
+    """BLOOM's HF attention module returns its output plus the residual, the Keras attention
+    sublayer does not: that point differs even in the passing block 0, so a corrupted MLP
+    projection of block 1 is named, not the attention before it."""
+    port = ported("bloom")
+    assert port.cli.exit_code == 0, port.cli.describe()
+    port_dir = tmp_path / "bloom port"
+    shutil.copytree(port.out, port_dir)
+    with h5py.File(port_dir / "preset" / "model.weights.h5", "r+") as weights:
+        kernel = weights[f"{_decoder_block_group(weights, 1)}/feedforward_output_dense/vars/0"]
+        value = np.array(kernel)
+        value[3, 5] += 0.5
+        kernel[...] = value
+    run = run_cli("verify", port_dir)
+    assert run.exit_code == 1, run.describe()
+    located = _checks(port_dir, "sublayers")
+    assert set(located) == {
+        "transformer_layer_1/feedforward_output_dense (end to end)",
+        "transformer_layer_1/feedforward_output_dense (alone)",
+    }
+    for check in located.values():
+        assert check["detail"].startswith("HF transformer.h.1.mlp.dense_4h_to_h: ")
