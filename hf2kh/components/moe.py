@@ -30,9 +30,12 @@ ROUTER = "router"
 EXPERT = "expert_{expert}_{role}"
 
 
-def is_moe(G: GraphView, path: str) -> bool:
-    """A module holding stacked (3-D) expert weights."""
-    return any(len(shape) == 3 for shape in G.subtree_params(path).values())
+def is_moe(G: GraphView, path: str, hidden_dim: int) -> bool:
+    """A module holding stacked (3-D) expert weights that read the hidden states, as many as
+    the rows of a router matrix reading them too (not, say, ConvBERT's convolution kernels)."""
+    shapes = G.subtree_params(path).values()
+    experts = {s[0] for s in shapes if len(s) == 3 and s[-1] == hidden_dim}
+    return any(len(s) == 2 and s[0] in experts and s[1] == hidden_dim for s in shapes)
 
 
 def recognize(G: GraphView, path: str, hidden_dim: int, evidence: list[str]):

@@ -154,7 +154,7 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence, ca
         raise UnsupportedModelError(
             f"{path}: ends in the norm {post_norm[0]} of something other than a residual sum"
         )
-    if moe_component.is_moe(G, path):  # before attention: its router has a softmax too
+    if moe_component.is_moe(G, path, hidden_dim):  # before attention: its router has a softmax too
         spec, weights = moe_component.recognize(G, path, hidden_dim, evidence)
         kind = "mlp"
     elif attention_component.is_attention(G, path):
