@@ -160,7 +160,10 @@ def verify(
     token: Token = None,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "cpu",
-    dtype: Dtype = "float32",
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="Compute dtype (default: the dtype the preset was converted in)."),
+    ] = None,
     backend: Backend = "torch",
     rtol: Rtol = None,
     junit: Junit = None,
@@ -173,10 +176,11 @@ def verify(
     from rich.console import Console
 
     from hf2kh.errors import BadOptionError, VerificationFailed
-    from hf2kh.verify.command import run_verify
+    from hf2kh.verify.command import preset_dtype, run_verify
     from hf2kh.verify.report import print_report
     from hf2kh.verify.run import VerifyOptions
 
+    dtype = dtype or preset_dtype(port_dir / "preset")
     if dtype not in DTYPES:
         raise BadOptionError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     options = VerifyOptions(dtype=dtype, device=device, backend=backend, rtol=rtol)

@@ -195,3 +195,20 @@ def test_module_outputs_that_are_not_the_same_tensor_do_not_localize(ported, tmp
     }
     for check in located.values():
         assert check["detail"].startswith("HF transformer.h.1.mlp.dense_4h_to_h: ")
+
+
+def test_a_bfloat16_port_is_verified_in_bfloat16_unless_told_otherwise(ported, tmp_path):
+    """`hf2kh verify` reads the dtype the preset was converted in: the bfloat16 port passes with
+    bfloat16's tolerance, and fails when held to float32's (its errors are of bfloat16 size)."""
+    port = ported("llama", "--dtype", "bfloat16")
+    assert port.cli.exit_code == 0, port.cli.describe()
+    port_dir = tmp_path / "bf16 port"
+    shutil.copytree(port.out, port_dir)
+    run = run_cli("verify", port_dir)
+    assert run.exit_code == 0, run.describe()
+    report = json.loads((port_dir / "report.json").read_text())
+    assert report["environment"]["dtype"] == "bfloat16"
+    assert report["environment"]["tolerance_source"] == "bfloat16 default"
+    strict = run_cli("verify", port_dir, "--dtype", "float32")
+    assert strict.exit_code == 1, strict.describe()
+    assert not _checks(port_dir, "logits")["logits"]["passed"]

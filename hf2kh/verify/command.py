@@ -62,8 +62,8 @@ def run_verify(
     from hf2kh.source import open_checkpoint
     from hf2kh.verify.run import Reference, VerifyOptions, report_fields, verify
 
-    options = options or VerifyOptions()
     port = open_port(port_dir)
+    options = options or VerifyOptions(dtype=preset_dtype(port.root / "preset"))
     if repo is None:
         repo = port.report.get("repo")
         if not repo:
@@ -81,7 +81,22 @@ def run_verify(
     return report
 
 
+def preset_dtype(preset: Path) -> str:
+    """The compute dtype the preset was converted in (`port --dtype`), from its config.json."""
+    try:
+        dtype = json.loads((preset / "config.json").read_text())["config"].get("dtype")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return "float32"
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
 def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise SourceError(f"cannot update {path}: {exc.strerror}") from exc
