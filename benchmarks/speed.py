@@ -184,8 +184,9 @@ def run_child(body: str, argv: list[str], path: list[str]) -> ChildRun:
     )
 
 
-def port(checkpoint: Path, out: Path, name: str) -> ChildRun:
-    argv = ["hf2kh", "port", str(checkpoint), "--out", str(out), "--name", name, "--verify"]
+def port(checkpoint: Path, out: Path, name: str, verify: bool = True) -> ChildRun:
+    argv = ["hf2kh", "port", str(checkpoint), "--out", str(out), "--name", name]
+    argv += ["--verify"] if verify else []
     body = "runpy.run_module('hf2kh.cli', run_name='__main__')"
     return run_child(body, argv, [str(ROOT)])
 
@@ -380,7 +381,7 @@ def model_rows(label: str, data: dict) -> list[str]:
         p = data["port"]
         stages = ", ".join(f"{k} {v:.1f}" for k, v in p["stage_s"].items())
         row(
-            "`port --verify` (s per stage)",
+            "`port`" + ("" if data["no_verify"] else " `--verify`") + " (s per stage)",
             "-",
             f"{p['wall_s']:.0f} s, peak RSS {p['peak_rss_mb']:.0f} MB: {stages}",
             "-",
@@ -412,21 +413,21 @@ def table(results: dict, header: dict) -> str:
 def bench_one(label: str, checkpoint: Path, work: Path, args, baseline_mb: float) -> dict:
     import gc
 
-    data: dict = {"errors": {}, "new_tokens": args.new_tokens}
+    data: dict = {"errors": {}, "new_tokens": args.new_tokens, "no_verify": args.no_verify}
     data["checkpoint_mb"] = weights_bytes(checkpoint) / 1e6
     data["import_baseline_mb"] = baseline_mb
     name = f"bench_{label}".replace("-", "_").lower()
     port_out = work / f"{name}-keras"
-    print(f"[{label}] port --verify ...", flush=True)
+    print(f"[{label}] port ...", flush=True)
     try:
-        run = port(checkpoint, port_out, name)
+        run = port(checkpoint, port_out, name, verify=not args.no_verify)
         data["port"] = {
             "wall_s": run.wall_s,
             "peak_rss_mb": run.peak_rss_mb,
             "stage_s": run.stage_s,
         }
     except Exception as exc:  # noqa: BLE001 - reported in the table
-        data["errors"]["port --verify"] = str(exc)[:300]
+        data["errors"]["port"] = str(exc)[:300]
         return data
     print(f"[{label}] conversion ...", flush=True)
     run = convert_with_port(port_out, name, checkpoint, work / f"{name}-preset")
@@ -454,6 +455,7 @@ def main() -> None:
     parser.add_argument("--only", default="llama,gpt2,smollm2", help="comma-separated models")
     parser.add_argument("--report", type=Path, default=Path("benchmarks/speed-latest.md"))
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    parser.add_argument("--no-verify", action="store_true", help="port without --verify")
     parser.add_argument(
         "--threads",
         type=int,
