@@ -29,6 +29,13 @@ from tests.fixtures.outcomes import OUTCOMES, VERIFIED
 MASKED_LMS = [
     n for n, outcome in OUTCOMES.items() if outcome == VERIFIED and FIXTURES[n].task == "masked_lm"
 ]
+CLASSIFIERS = [
+    n
+    for n, outcome in OUTCOMES.items()
+    if outcome == VERIFIED and FIXTURES[n].task == "sequence_classification"
+]
+# generated task module and test count of each encoder task (backbone tests: 3)
+TASK_TESTS = {"masked_lm": ("masked_lm", 4), "sequence_classification": ("text_classifier", 5)}
 SUBPROCESS_TIMEOUT = 600
 
 
@@ -79,6 +86,22 @@ def test_roberta_positions_are_counted_from_the_token_ids(hf_fixture, name):
     assert ir.stem.type_vocab_size == 1 and ir.head.task is Task.MASKED_LM
     norms = {c.spec.epsilon for c in ir.block_types[0].components if isinstance(c.spec, Norm)}
     assert norms == {config.layer_norm_eps}
+
+
+def test_electra_projects_the_normalized_embeddings_up(hf_fixture):
+    path = hf_fixture("electra")
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    stem = ir.stem
+    assert stem.embedding_dim == config.embedding_size == 16 != config.hidden_size
+    assert stem.hf_embedding_projection == "electra.embeddings_project"
+    assert stem.embedding_projection_bias and stem.project_last  # after the norm, with a bias
+    assert stem.embedding_norm.epsilon == config.layer_norm_eps
+    assert stem.type_vocab_size == 2 and stem.positions is Positions.LEARNED
+    # the generator head comes down to the embedding width before the tied decoder
+    assert ir.head.transform.dim == 16 and ir.head.hf_output_projection is None
+    assert ir.head.tied and ir.head.task is Task.MASKED_LM
 
 
 def _padded_batch(config, seed: int = 0):
@@ -141,14 +164,15 @@ def test_preset_masked_lm_and_backbone_match_hf(ported, hf_fixture, name):
     assert _rel_error(logits, expected) <= 1e-5
 
 
-@pytest.mark.parametrize("name", MASKED_LMS)
+@pytest.mark.parametrize("name", MASKED_LMS + CLASSIFIERS)
 def test_generated_encoder_package_tests_and_ruff(ported, name):
     port = ported(name)
     assert port.cli.exit_code == 0, port.cli.describe()
     package = port.out / port.package
+    task, count = TASK_TESTS[FIXTURES[name].task]
     tests = [
         package / f"{port.package}_backbone_test.py",
-        package / f"{port.package}_masked_lm_test.py",
+        package / f"{port.package}_{task}_test.py",
     ]
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(port.out)}
     result = subprocess.run(
@@ -160,7 +184,7 @@ def test_generated_encoder_package_tests_and_ruff(ported, name):
         timeout=SUBPROCESS_TIMEOUT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "4 passed" in result.stdout, result.stdout[-2000:]
+    assert f"{count} passed" in result.stdout, result.stdout[-2000:]
     lint = subprocess.run(
         [sys.executable, "-m", "ruff", "check", *RUFF_SETTINGS, "--isolated", str(package)],
         capture_output=True,
@@ -171,3 +195,49 @@ def test_generated_encoder_package_tests_and_ruff(ported, name):
     encoder = (package / f"{port.package}_encoder.py").read_text()
     assert "cache" not in encoder and "causal" not in encoder.lower()
     assert not (package / f"{port.package}_decoder.py").exists()
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_preset_text_classifier_matches_hf_and_keeps_the_labels(ported, hf_fixture, name):
+    """`TextClassifier.from_preset` gives HF's class logits on a padded batch with token types,
+    `predict()` goes from raw strings to the same logits as HF on the tokenized text, and the
+    7 class names are in the preset's task.json."""
+    import json
+
+    import keras
+    import keras_hub
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    port = ported(name)
+    assert port.cli.exit_code == 0, port.cli.describe()
+    import_generated(port.out, port.package)
+    prefix = "".join(part.capitalize() for part in port.package.split("_"))
+    classifier = keras_hub.models.TextClassifier.from_preset(str(port.out / "preset"))
+    assert type(classifier).__name__ == f"{prefix}TextClassifier"
+    hf = AutoModelForSequenceClassification.from_pretrained(
+        hf_fixture(name), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    assert hf.config.num_labels == 7
+    token_ids, padding_mask, segment_ids = _padded_batch(hf.config)
+    with torch.no_grad():
+        expected = hf(
+            input_ids=torch.as_tensor(token_ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(padding_mask),
+            token_type_ids=torch.as_tensor(segment_ids, dtype=torch.long),
+        ).logits.numpy()
+    inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+    got = keras.ops.convert_to_numpy(classifier(inputs))
+    assert got.shape == expected.shape == (3, 7)
+    assert _rel_error(got, expected) <= 1e-5
+
+    texts = ["some text", "The quick brown fox jumps over the lazy dog."]
+    tokenizer = AutoTokenizer.from_pretrained(hf_fixture(name))
+    with torch.no_grad():
+        hf_logits = hf(**tokenizer(texts, return_tensors="pt", padding=True)).logits.numpy()
+    predicted = classifier.predict(texts, verbose=0)
+    assert _rel_error(np.asarray(predicted), hf_logits) <= 1e-5
+
+    task = json.loads((port.out / "preset" / "task.json").read_text())
+    labels = [hf.config.id2label[i] for i in range(7)]
+    assert task["config"]["labels"] == labels and task["config"]["num_classes"] == 7
+    assert labels[3] == "joy"  # the fixture's names, not LABEL_3

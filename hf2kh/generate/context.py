@@ -14,7 +14,7 @@ from typing import Any
 
 from hf2kh.components import alibi as alibi_component
 from hf2kh.components import attention as attention_component
-from hf2kh.components import head_transform
+from hf2kh.components import classifier_head, head_transform
 from hf2kh.components import mlp as mlp_component
 from hf2kh.components import moe as moe_component
 from hf2kh.components import norm as norm_component
@@ -25,6 +25,13 @@ from hf2kh.components.base import Arg, merge_args
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.block_code import BlockCode
 from hf2kh.ir import Attention, Mlp, ModelIR, Moe, Norm, NormKind, Positions, Scale, Task
+
+# The task class suffix of each task (`<Prefix>CausalLM`...), KerasHub's names.
+TASK_CLASSES = {
+    Task.CAUSAL_LM: "CausalLM",
+    Task.MASKED_LM: "MaskedLM",
+    Task.TEXT_CLASSIFIER: "TextClassifier",
+}
 
 BLOCK_SIZES = (
     "num_query_heads",
@@ -170,7 +177,7 @@ class Context:
     # -- the task: causal LM (decoder blocks) or masked LM (encoder blocks) ----------------------
     @property
     def encoder(self) -> bool:
-        return self.ir.head.task is Task.MASKED_LM
+        return self.ir.head.task is not Task.CAUSAL_LM
 
     @property
     def block_module(self) -> str:
@@ -186,7 +193,7 @@ class Context:
 
     @property
     def task_class(self) -> str:
-        return self.prefix + ("MaskedLM" if self.encoder else "CausalLM")
+        return self.prefix + TASK_CLASSES[self.ir.head.task]
 
     @property
     def preprocessor_module(self) -> str:
@@ -205,7 +212,10 @@ class Context:
     @property
     def task_args(self) -> list[Arg]:
         """Constructor arguments of the task class beyond `backbone` and `preprocessor`."""
-        return head_transform.args(self.ir.head.transform) if self.ir.head.transform else []
+        head = self.ir.head
+        if head.task is Task.TEXT_CLASSIFIER:
+            return classifier_head.args(head.num_classes, tuple(head.labels))
+        return head_transform.args(head.transform) if head.transform else []
 
     # -- constructor arguments -----------------------------------------------------------------
     @property
@@ -400,7 +410,8 @@ class Context:
         args.append(
             Arg(
                 "tie_word_embeddings",
-                head.tied,
+                # a classifier's backbone has no LM head: no separate reverse embedding
+                head.tied or head.task is Task.TEXT_CLASSIFIER,
                 "bool. Whether the language-model head reuses the token embedding matrix.",
             )
         )

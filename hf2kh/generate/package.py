@@ -12,6 +12,7 @@ from hf2kh.generate import tokenizer as tok
 from hf2kh.generate.context import Context
 from hf2kh.generate.render import environment, render_package
 from hf2kh.generate.weight_map import WeightTable
+from hf2kh.ir import Task
 
 
 def header(ctx: Context, what: str) -> str:
@@ -35,7 +36,10 @@ def write_package(
 
         tasks = [ctx.ir.head.task.value]
         module = preprocessor.model_tokenizer_source(
-            ctx, pad_fallback_id(ctx, hf_tokenizer), header(ctx, "Tokenizer."), mask_role=True
+            ctx,
+            pad_fallback_id(ctx, hf_tokenizer),
+            header(ctx, "Tokenizer."),
+            mask_role=tasks == ["masked_lm"],
         )
         extra = preprocessor.text_preprocessing_sources(ctx, tasks)
     else:
@@ -50,7 +54,7 @@ def write_package(
     testdata = directory / "testdata"
     testdata.mkdir()
     if ctx.encoder:
-        write_masked_lm_reference(ctx, hf_model, testdata / "reference.npz")
+        write_encoder_reference(ctx, hf_model, testdata / "reference.npz")
     else:
         write_reference(ctx, hf_model, testdata / "reference.npz")
     write_tokenizer_cases(ctx, hf_tokenizer, testdata / "tokenizer_ids.json")
@@ -180,9 +184,10 @@ def write_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None
     )
 
 
-def write_masked_lm_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None:
-    """HF's last hidden states and masked-LM logits at a few masked positions on a fixed padded
-    batch (with random segment ids when the model has token types), for the package's tests."""
+def write_encoder_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None:
+    """HF's last hidden states and its task's logits (masked-LM logits at a few masked positions,
+    or class logits) on a fixed padded batch (with random segment ids when the model has token
+    types), for the package's tests."""
     from hf2kh.verify.decoder import Case, make_inputs
     from hf2kh.verify.encoder import hf_forward
 
@@ -204,12 +209,16 @@ def write_masked_lm_reference(ctx: Context, hf_model: torch.nn.Module, path: Pat
         logits = hf_forward(hf_model, inputs).logits.float().cpu().numpy()
     finally:
         handle.remove()
+    hidden_states = captured["h"].float().cpu().numpy()
+    if ctx.ir.head.task is Task.TEXT_CLASSIFIER:
+        np.savez(path, **inputs, hidden_states=hidden_states, class_logits=logits)
+        return
     mask_positions = np.array([[1, 4, 6], [0, 2, 5]], "int32")  # within the 7-token row
     masked = np.take_along_axis(logits, mask_positions[:, :, None], axis=1)
     np.savez(
         path,
         **inputs,
-        hidden_states=captured["h"].float().cpu().numpy(),
+        hidden_states=hidden_states,
         mask_positions=mask_positions,
         masked_logits=masked,
     )

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hf2kh.errors import WeightAuditError
-from hf2kh.ir import Attention, Mlp, ModelIR, Moe, Norm
+from hf2kh.ir import Attention, Mlp, ModelIR, Moe, Norm, Task
 
 TABLE_VERSION = 1
 
@@ -58,7 +58,7 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
     """Every Keras variable of the generated backbone and the HF tensor it is filled from: the
     stem's, each component's of each layer (rows made by the component's own module), the
     head's."""
-    from hf2kh.components import attention, head_transform, mlp, moe, norm
+    from hf2kh.components import attention, classifier_head, head_transform, mlp, moe, norm
 
     stem, head = ir.stem, ir.head
     rows = [_row(f"{stem.hf_embedding}.weight", hf_shapes, "token_embedding/embeddings")]
@@ -84,6 +84,9 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         rows.append(
             _dense(f"{stem.hf_embedding_projection}.weight", hf_shapes, "embedding_projection")
         )
+        if stem.embedding_projection_bias:
+            name = f"{stem.hf_embedding_projection}.bias"
+            rows.append(_row(name, hf_shapes, "embedding_projection/bias"))
     if stem.embedding_norm is not None:
         rows += norm.weight_rows(
             stem.embedding_norm, stem.hf_embedding_norm, "embeddings_layernorm", hf_shapes
@@ -114,6 +117,10 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
     if head.final_norm is not None:
         rows += norm.weight_rows(
             head.final_norm, head.hf_final_norm, "sequence_output_layernorm", hf_shapes
+        )
+    if head.task is Task.TEXT_CLASSIFIER:  # the task's pooler and classifier layers
+        return WeightTable(
+            rows + classifier_head.weight_rows(head.hf_head, head.hf_pooler, hf_shapes)
         )
     if not head.tied:
         name = f"{head.hf_head}.weight"

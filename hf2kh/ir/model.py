@@ -232,6 +232,10 @@ class Stem:
     # Token embeddings narrower than the blocks, projected up (OPT-350m's `project_in`).
     embedding_dim: int | None = None
     hf_embedding_projection: str | None = None
+    embedding_projection_bias: bool = False
+    # The projection reads the embeddings after positions, token types and the embedding norm
+    # (ELECTRA's `embeddings_project`), not the token embeddings alone (OPT-350m's `project_in`).
+    project_last: bool = False
     # Token-type (segment) embeddings added to the token embeddings (BERT's `token_type_ids`).
     hf_token_types: str | None = None
     type_vocab_size: int | None = None
@@ -243,6 +247,7 @@ class Task(enum.Enum):
 
     CAUSAL_LM = "causal_lm"
     MASKED_LM = "masked_lm"
+    TEXT_CLASSIFIER = "text_classifier"  # class logits from the first token (pooled or not)
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,11 @@ class Head:
     # The parameter holding the head's bias when the head's own is tied to it (BERT's
     # `cls.predictions.bias`); None: `<hf_head>.bias`.
     hf_bias: str | None = None
+    # Task.TEXT_CLASSIFIER: the pooler's dense (tanh) before `hf_head`, the class count and the
+    # checkpoint's class names by id (`id2label`)
+    hf_pooler: str | None = None
+    num_classes: int | None = None
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from hf2kh.components import head_transform
+from hf2kh.components import classifier_head, head_transform
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import scale as scale_component
@@ -70,20 +70,26 @@ def recognize_model(
     ]
     hidden_dim = graph.value(block_call.inputs[0]).shape[-1]
     embedding_projection = None
+    projection_bias = False
     if hidden_dim != embedding_dim:
         embedding_projection = _projection_between(
-            G, stem_modules, first_call(graph, embed).outputs[0], (hidden_dim, embedding_dim)
+            G,
+            stem_modules,
+            first_call(graph, embed).outputs[0],
+            (hidden_dim, embedding_dim),
+            bias_ok=True,
         )
+        projection_bias = "bias" in G.own_params(embedding_projection)
         evidence.append(
             f"token embeddings projected from {embedding_dim} to {hidden_dim} by "
-            f"{embedding_projection}"
+            f"{embedding_projection}" + (" (with a bias)" if projection_bias else "")
         )
     positions = [
         p
         for p in stem_modules
         if p not in (embed, embedding_projection)
         and G.is_projection(p)
-        and G.own_params(p)["weight"][-1] == hidden_dim
+        and G.own_params(p)["weight"][-1] in (hidden_dim, embedding_dim)
         and (
             not G.derives(first_call(graph, p).inputs[0], input_value)
             or stem_tables.padding_id(G, p, input_value) is not None
@@ -120,8 +126,14 @@ def recognize_model(
         ),
         None,
     )
+    classifier = None
     if head is None:
-        raise UnsupportedModelError("no language-model head producing vocabulary logits")
+        classifier = classifier_head.recognize(
+            G, after, last_block_call.outputs[0], hidden_dim, vocab_size, evidence
+        )
+        if classifier is None:
+            raise UnsupportedModelError("no language-model head producing vocabulary logits")
+        head = classifier.head
 
     # -- what each block receives: masks, rotary tables (a CPU run of the stem) -----------------
     windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
@@ -141,6 +153,14 @@ def recognize_model(
     G.block_inputs = stem["inputs"]
     pads = {p: stem_tables.padding_id(G, p, input_value) for p in positions}
     position_path, token_types, position_padding_id = stem_tables.classify(stem, positions, pads)
+    # ELECTRA projects the embeddings after adding positions and token types and normalizing
+    project_last = embedding_projection is not None and any(
+        G.derives(G.inp(embedding_projection), G.out(p))
+        for p in [*positions, *([embedding_norm_path] if embedding_norm_path else [])]
+    )
+    stem["project_last"] = project_last
+    if project_last:
+        evidence.append(f"{embedding_projection} projects the summed (and normalized) embeddings")
     if position_padding_id is not None:
         evidence.append(
             f"positions counted from the token ids: {position_path} row "
@@ -160,7 +180,8 @@ def recognize_model(
         )
     embedding_norm = None
     if embedding_norm_path is not None:
-        embedding_norm = _embedding_norm(G, embedding_norm_path, hidden_dim, positions)
+        width = G.g.value(G.inp(embedding_norm_path)).shape[-1]
+        embedding_norm = _embedding_norm(G, embedding_norm_path, width, positions)
         evidence.append(
             f"embedding norm {embedding_norm_path}: {norm_component.describe(embedding_norm)}"
         )
@@ -205,8 +226,10 @@ def recognize_model(
             evidence.append(rope_component.describe(block.attention.rope, block.attention.head_dim))
 
     # -- final norm and head -----------------------------------------------------------------
-    transform, transformed = head_transform.recognize(
-        G, after, head, last_block_call.outputs[0], evidence
+    transform, transformed = (
+        (None, classifier.explained)
+        if classifier
+        else head_transform.recognize(G, after, head, last_block_call.outputs[0], evidence)
     )
     output_projection = None
     if hidden_dim != embedding_dim and (transform is None or transform.dim != embedding_dim):
@@ -258,12 +281,13 @@ def recognize_model(
         or tied_names.get(f"{embed}.weight") == f"{head}.weight"
     )
     head_bias = "bias" in G.own_params(head)
-    evidence.append(
-        f"LM head {head}: {'tied to' if tied else 'separate from'} the token embedding"
-        + (", with a bias" if head_bias else "")
-    )
+    if classifier is None:
+        evidence.append(
+            f"LM head {head}: {'tied to' if tied else 'separate from'} the token embedding"
+            + (", with a bias" if head_bias else "")
+        )
 
-    task = _task(block_types, transform, head)
+    task = _task(block_types, transform, head, classifier is not None)
     if task is Task.MASKED_LM:
         evidence.append(f"masked-LM head {head}: bidirectional blocks, a transform before it")
 
@@ -307,6 +331,8 @@ def recognize_model(
             hf_embedding_norm=embedding_norm_path,
             embedding_dim=embedding_dim if embedding_projection else None,
             hf_embedding_projection=embedding_projection,
+            embedding_projection_bias=projection_bias,
+            project_last=project_last,
             hf_token_types=token_types,
             type_vocab_size=type_vocab_size,
         ),
@@ -325,6 +351,9 @@ def recognize_model(
             transform=transform,
             task=task,
             hf_bias=tied_names.get(f"{head}.bias"),
+            hf_pooler=classifier.pooler if classifier else None,
+            num_classes=classifier.num_classes if classifier else None,
+            labels=_labels(config, classifier.num_classes) if classifier else (),
         ),
         bos_token_id=_token_id(config, "bos_token_id"),
         eos_token_id=_token_id(config, "eos_token_id"),
@@ -333,18 +362,29 @@ def recognize_model(
     )
 
 
+def _labels(config, num_classes: int) -> tuple[str, ...]:
+    """The class names by id (the checkpoint's `id2label`; `LABEL_<i>` where it has none)."""
+    names = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    return tuple(names.get(i, f"LABEL_{i}") for i in range(num_classes))
+
+
 def _positions_kind(positions: list[str], padding_id: int | None) -> Positions:
     if not positions:
         return Positions.NONE
     return Positions.LEARNED if padding_id is None else Positions.COUNTED
 
 
-def _task(block_types: list[BlockType], transform, head: str) -> Task:
-    """A causal LM (causal blocks, the head on the hidden states) or a masked LM (bidirectional
-    blocks, a transform before the head)."""
+def _task(block_types: list[BlockType], transform, head: str, classifier: bool) -> Task:
+    """A causal LM (causal blocks, the head on the hidden states), a masked LM (bidirectional
+    blocks, a transform before the head) or a text classifier (bidirectional blocks, class
+    logits from the first token)."""
     causal = {b.attention.causal for b in block_types}
     if len(causal) != 1:
         raise UnsupportedModelError("causal and bidirectional blocks in one model")
+    if classifier:
+        if causal == {True}:
+            raise UnsupportedModelError(f"a classifier {head} on a causal model: not supported yet")
+        return Task.TEXT_CLASSIFIER
     if causal == {True}:
         if transform is not None:
             raise UnsupportedModelError(
@@ -359,14 +399,15 @@ def _task(block_types: list[BlockType], transform, head: str) -> Task:
     return Task.MASKED_LM
 
 
-def _projection_between(G: GraphView, candidates, source: int, shape) -> str:
-    """The bias-free projection of weight `shape` among `candidates` that reads `source`."""
+def _projection_between(G: GraphView, candidates, source: int, shape, bias_ok=False) -> str:
+    """The projection of weight `shape` among `candidates` that reads `source` (bias-free unless
+    `bias_ok`)."""
     found = [
         p
         for p in candidates
         if G.is_projection(p)
         and tuple(G.own_params(p)["weight"]) == tuple(shape)
-        and "bias" not in G.own_params(p)
+        and (bias_ok or "bias" not in G.own_params(p))
         and G.derives(first_call(G.g, p).inputs[0], source)
     ]
     if len(found) != 1:
@@ -419,7 +460,10 @@ def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
     emb, block_in, pos = captured["embed"], captured["block"], captured.get("position")
     if "projected" in captured:
         emb = captured["projected"]
-    if "normed" in captured:  # the norm read the embeddings with their positions
+    if captured.get("project_last"):  # the projection read everything else: the block's input
+        emb, pos = captured["projected"], None
+        captured.pop("token_types", None)
+    elif "normed" in captured:  # the norm read the embeddings with their positions
         emb, pos = captured["normed"], None
     if pos is not None:
         block_in = block_in - pos

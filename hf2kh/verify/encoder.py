@@ -1,5 +1,6 @@
-"""Prove a masked-LM encoder port: the embeddings, every layer end to end and alone, the backbone
-output on padded batches, the masked-LM logits, tokenizer ids. No generation.
+"""Prove an encoder port: the embeddings, every layer end to end and alone, the backbone output on
+padded batches, the task's logits (masked-LM logits, or a classifier's class logits), tokenizer
+ids. No generation.
 
 The Keras side is the generated package imported from disk with the preset its conversion script
 wrote. HF's padded positions compute nothing meaningful (they are masked out of every other
@@ -121,10 +122,7 @@ def verify_masked_lm(
                 tolerance,
             )
         )
-        masked = {**inputs, "mask_positions": all_positions(inputs["token_ids"])}
-        logits.append(
-            compare("masked-LM logits", hf_logits, _numpy(masked_lm(masked)), valid, tolerance)
-        )
+        logits.append(_task_logits(masked_lm, inputs, hf_logits, valid, tolerance))
 
     shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
     report.checks.append(_check(_worst(embeds), "layers"))
@@ -134,10 +132,20 @@ def verify_masked_lm(
         report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
     padded = f"batches {shapes}, right padding (non-padded positions compared)"
     report.checks.append(_check(_worst(outputs), "outputs", padded))
-    report.checks.append(_check(_worst(logits), "logits", f"every position; {padded}"))
+    where = "every position; " if logits[0].name == "masked-LM logits" else ""
+    report.checks.append(_check(_worst(logits), "logits", f"{where}{padded}"))
     report.first_divergence = _first_divergence(report.checks, block_paths)
     report.checks.extend(_tokenizer_ids(hf_tokenizer, masked_lm.preprocessor, corpus))
     return report
+
+
+def _task_logits(task, inputs, hf_logits, valid, tolerance) -> Comparison:
+    """The task's logits against HF's: the masked-LM head asked for every position (non-padded
+    ones compared), or a classifier's class logits (one row per text)."""
+    if "mask_positions" in task.input:
+        masked = {**inputs, "mask_positions": all_positions(inputs["token_ids"])}
+        return compare("masked-LM logits", hf_logits, _numpy(task(masked)), valid, tolerance)
+    return compare("class logits", hf_logits, _numpy(task(inputs)), None, tolerance)
 
 
 def _tokenizer_ids(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Check]:
@@ -155,15 +163,17 @@ def _tokenizer_ids(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Check]
 
 
 def verify_masked_lm_port(module, ir, preset: str, hf_model, hf_tokenizer, tokenizer_spec, **kw):
-    """Load the preset as `keras_hub.models.MaskedLM` (it must be the generated class) and run
-    `verify_masked_lm`; `kw`: dtype, device, rtol."""
+    """Load the preset as its KerasHub task (`MaskedLM`, `TextClassifier`; it must be the
+    generated class) and run `verify_masked_lm` on it; `kw`: dtype, device, rtol."""
     import keras_hub
 
     from hf2kh.errors import VerificationFailed
+    from hf2kh.generate.context import TASK_CLASSES
     from hf2kh.generate.tokenizer import tokenizer_test_corpus
 
-    masked_lm = keras_hub.models.MaskedLM.from_preset(preset)
-    expected = getattr(module, f"{ir.class_prefix}MaskedLM")
+    kind = TASK_CLASSES[ir.head.task]
+    masked_lm = getattr(keras_hub.models, kind).from_preset(preset)
+    expected = getattr(module, f"{ir.class_prefix}{kind}")
     if type(masked_lm) is not expected:
         raise VerificationFailed(
             f"the preset loads as {type(masked_lm).__name__}, not {expected.__name__}"

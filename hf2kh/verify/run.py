@@ -106,7 +106,7 @@ def verify_loaded(module, ir, files: PortFiles, hf: HFSide, options: VerifyOptio
     from hf2kh.verify.sublayers import sublayer_points
     from hf2kh.verify.terminal import native_stderr_silenced
 
-    if ir.head.task.value == "masked_lm":  # encoders: hf2kh.verify.encoder
+    if ir.head.task.value != "causal_lm":  # encoders: hf2kh.verify.encoder
         from hf2kh.verify.encoder import verify_masked_lm_port
 
         report = verify_masked_lm_port(
