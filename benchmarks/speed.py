@@ -480,7 +480,8 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
+        ).stdout.strip()
+        or "(not a git checkout)",
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()})",
         "threads": torch.get_num_threads(),
         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
