@@ -101,6 +101,7 @@ def _relocate(result: PortResult, staging: Path, out: Path) -> None:
 def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> PortResult:
     from hf2kh.generate.context import Context
     from hf2kh.generate.package import write_package
+    from hf2kh.generate.sentence_pooling import read_pooling
     from hf2kh.generate.tokenizer import read_tokenizer_spec
     from hf2kh.generate.weight_map import (
         audit_checkpoint,
@@ -110,7 +111,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         rename_tensors,
     )
     from hf2kh.inspect.build import build_graph_and_model
-    from hf2kh.ir import write_json
+    from hf2kh.ir import Task, write_json
     from hf2kh.recognize import recognize_model
     from hf2kh.source import check_shapes, load_config, open_checkpoint, tensor_index
     from hf2kh.source.names import stored_names
@@ -166,7 +167,13 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     progress("generate: writing the KerasHub package")
     preset_dir = staging / "preset"
     num_params = sum(math.prod(p.shape) for p in graph.parameters)
-    ctx = Context(ir, tokenizer_spec, preset_path=str(out / "preset"), num_params=num_params)
+    ctx = Context(
+        ir,
+        tokenizer_spec,
+        preset_path=str(out / "preset"),
+        num_params=num_params,
+        sentence_pooling=read_pooling(ckpt.path) if ir.head.task is Task.BASE else None,
+    )
     hf_model = load_hf_model(ckpt, config, options.device, options.trust_remote_code)
     hf_tokenizer = load_hf_tokenizer(ckpt)
     package_dir = staging / name
@@ -269,7 +276,8 @@ def import_generated(parent: Path, name: str):
 
 def _keras_variables(backbone_cls, task_cls, config: dict) -> dict[str, tuple[int, ...]]:
     """The variables the conversion fills: the task's (its backbone's and its head's)."""
-    task = task_cls(backbone_cls(**config))
+    backbone = backbone_cls(**config)
+    task = backbone if task_cls is backbone_cls else task_cls(backbone)
     return {v.path: tuple(v.shape) for v in task.weights}
 
 

@@ -8,6 +8,7 @@ in a subprocess and ruff checks its code. Ports are shared through `conftest.por
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,8 +35,14 @@ CLASSIFIERS = [
     for n, outcome in OUTCOMES.items()
     if outcome == VERIFIED and FIXTURES[n].task == "sequence_classification"
 ]
-# generated task module and test count of each encoder task (backbone tests: 3)
-TASK_TESTS = {"masked_lm": ("masked_lm", 4), "sequence_classification": ("text_classifier", 5)}
+BARE = [n for n, outcome in OUTCOMES.items() if outcome == VERIFIED and FIXTURES[n].task == "base"]
+# generated task module and test count of each encoder task, backbone tests (3) included (a bare
+# encoder has no task module)
+TASK_TESTS = {
+    "masked_lm": ("masked_lm", 4),
+    "sequence_classification": ("text_classifier", 5),
+    "base": (None, 3),
+}
 SUBPROCESS_TIMEOUT = 600
 
 
@@ -164,16 +171,20 @@ def test_preset_masked_lm_and_backbone_match_hf(ported, hf_fixture, name):
     assert _rel_error(logits, expected) <= 1e-5
 
 
-@pytest.mark.parametrize("name", MASKED_LMS + CLASSIFIERS)
+@pytest.mark.parametrize("name", MASKED_LMS + CLASSIFIERS + BARE)
 def test_generated_encoder_package_tests_and_ruff(ported, name):
+    """The generated backbone, task and tokenizer tests pass (the tokenizer's: one per corpus
+    text and the round trip against HF's own decode, lowercased for WordPiece), ruff is clean."""
     port = ported(name)
     assert port.cli.exit_code == 0, port.cli.describe()
     package = port.out / port.package
     task, count = TASK_TESTS[FIXTURES[name].task]
-    tests = [
-        package / f"{port.package}_backbone_test.py",
-        package / f"{port.package}_{task}_test.py",
-    ]
+    tests = [package / f"{port.package}_backbone_test.py"]
+    if task is not None:
+        tests.append(package / f"{port.package}_{task}_test.py")
+    tests.append(package / f"{port.package}_tokenizer_test.py")
+    cases = json.loads((package / "testdata" / "tokenizer_ids.json").read_text())
+    count += len(cases) + 1
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(port.out)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, tests)],
@@ -202,7 +213,6 @@ def test_preset_text_classifier_matches_hf_and_keeps_the_labels(ported, hf_fixtu
     """`TextClassifier.from_preset` gives HF's class logits on a padded batch with token types,
     `predict()` goes from raw strings to the same logits as HF on the tokenized text, and the
     7 class names are in the preset's task.json."""
-    import json
 
     import keras
     import keras_hub

@@ -51,15 +51,7 @@ def recognize(
     if len(heads) != 1:
         return None
     head = heads[0]
-    shape = G.g.value(hidden).shape
-    first = [  # hidden[:, 0]: (batch, length, width) -> (batch, width)
-        c
-        for c in after
-        if c.target == "__getitem__"
-        and c.inputs[:1] == [hidden]
-        and c.outputs
-        and list(G.g.value(c.outputs[0]).shape) == [shape[0], shape[-1]]
-    ]
+    first = _first_token(G, after, hidden)
     if len(first) != 1 or not G.derives(G.inp(head), first[0].outputs[0]):
         raise UnsupportedModelError(
             f"{head}: the classifier does not read the first token's hidden state"
@@ -77,14 +69,7 @@ def recognize(
     pooler = poolers[0] if poolers else None
     explained = [first[0]]
     if pooler is not None:
-        act = next(
-            (c for c in after if G.out(pooler) in c.inputs and c.target not in PASSTHROUGH), None
-        )
-        if act is None or not _is_tanh(G, act):
-            raise UnsupportedModelError(f"{pooler}: the pooler's activation is not tanh")
-        explained += [c for c in after if c is act or _within(c.scope, act.target)]
-        if "bias" not in G.own_params(pooler):
-            raise UnsupportedModelError(f"{pooler}: a pooler without a bias is not supported")
+        explained += _pooler_activation(G, after, pooler)
     if "bias" not in G.own_params(head):
         raise UnsupportedModelError(f"{head}: a classifier without a bias is not supported")
     num_classes = G.own_params(head)["weight"][0]
@@ -96,6 +81,57 @@ def recognize(
         + (f", pooled by {pooler} and tanh (probed)" if pooler else "")
     )
     return Found(head, pooler, num_classes, explained)
+
+
+def recognize_bare_pooler(G: GraphView, after: list[Call], hidden: int, evidence) -> tuple:
+    """A bare encoder's pooler (BERT's `pooler`: the first token's hidden state through a dense and
+    tanh) after the last block: `(path, explained calls)`, or `(None, [])` when there is none.
+    The pooler is not ported (the backbone outputs the hidden states); it is only accounted for."""
+    first = _first_token(G, after, hidden)
+    if len(first) != 1:
+        return None, []
+    poolers = [
+        c.target
+        for c in after
+        if c.kind == "module"
+        and G.is_projection(c.target)
+        and G.derives(G.inp(c.target), first[0].outputs[0])
+    ]
+    if len(poolers) != 1:
+        return None, []
+    pooler = poolers[0]
+    explained = [first[0], *_pooler_activation(G, after, pooler)]
+    explained += [c for c in after if _within(c.scope, pooler)]
+    evidence.append(
+        f"pooler {pooler}: the first token through a dense and tanh (probed); not ported, the "
+        "backbone outputs the last hidden states"
+    )
+    return pooler, explained
+
+
+def _first_token(G: GraphView, after: list[Call], hidden: int) -> list[Call]:
+    """The calls taking hidden[:, 0]: (batch, length, width) -> (batch, width)."""
+    shape = G.g.value(hidden).shape
+    return [
+        c
+        for c in after
+        if c.target == "__getitem__"
+        and c.inputs[:1] == [hidden]
+        and c.outputs
+        and list(G.g.value(c.outputs[0]).shape) == [shape[0], shape[-1]]
+    ]
+
+
+def _pooler_activation(G: GraphView, after: list[Call], pooler: str) -> list[Call]:
+    """The calls of the pooler's tanh (probed), which must follow its biased dense."""
+    act = next(
+        (c for c in after if G.out(pooler) in c.inputs and c.target not in PASSTHROUGH), None
+    )
+    if act is None or not _is_tanh(G, act):
+        raise UnsupportedModelError(f"{pooler}: the pooler's activation is not tanh")
+    if "bias" not in G.own_params(pooler):
+        raise UnsupportedModelError(f"{pooler}: a pooler without a bias is not supported")
+    return [c for c in after if c is act or _within(c.scope, act.target)]
 
 
 def _within(scope: str, path: str) -> bool:

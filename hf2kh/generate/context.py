@@ -31,6 +31,7 @@ TASK_CLASSES = {
     Task.CAUSAL_LM: "CausalLM",
     Task.MASKED_LM: "MaskedLM",
     Task.TEXT_CLASSIFIER: "TextClassifier",
+    Task.BASE: "Backbone",  # no task class: the backbone is what the checkpoint has
 }
 
 BLOCK_SIZES = (
@@ -49,6 +50,8 @@ class Context:
     tokenizer: Any  # hf2kh.generate.tokenizer.TokenizerSpec
     preset_path: str = ""
     num_params: int = 0
+    # a bare encoder's sentence-transformers pooling (hf2kh.generate.sentence_pooling), if any
+    sentence_pooling: Any = None
 
     def __post_init__(self) -> None:
         # Block types that differ only in constructor values (Gemma 3's rope theta per layer
@@ -188,7 +191,20 @@ class Context:
         return f"{self.prefix}{'Encoder' if self.encoder else 'Decoder'}Block"
 
     @property
+    def bare(self) -> bool:
+        """A bare encoder: no task class, the backbone and a preprocessor for its inputs."""
+        return self.ir.head.task is Task.BASE
+
+    @property
+    def text_tasks(self) -> list[str]:
+        """The tasks whose text preprocessors the package has (a bare encoder's inputs come from
+        the classifier's preprocessor, which packs texts without labels)."""
+        return ["text_classifier"] if self.bare else [self.ir.head.task.value]
+
+    @property
     def task_module(self) -> str:
+        if self.bare:
+            return f"{self.package}_backbone"
         return f"{self.package}_{self.ir.head.task.value}"
 
     @property
@@ -197,11 +213,11 @@ class Context:
 
     @property
     def preprocessor_module(self) -> str:
-        return f"{self.task_module}_preprocessor"
+        return f"{self.package}_{self.text_tasks[0]}_preprocessor"
 
     @property
     def preprocessor_class(self) -> str:
-        return f"{self.task_class}Preprocessor"
+        return self.prefix + TASK_CLASSES[Task(self.text_tasks[0])] + "Preprocessor"
 
     @property
     def segments(self) -> bool:
@@ -410,8 +426,9 @@ class Context:
         args.append(
             Arg(
                 "tie_word_embeddings",
-                # a classifier's backbone has no LM head: no separate reverse embedding
-                head.tied or head.task is Task.TEXT_CLASSIFIER,
+                # a classifier's or bare encoder's backbone has no LM head: no separate
+                # reverse embedding
+                head.tied or head.task in (Task.TEXT_CLASSIFIER, Task.BASE),
                 "bool. Whether the language-model head reuses the token embedding matrix.",
             )
         )

@@ -34,7 +34,7 @@ def write_package(
         # naming its mask token
         from hf2kh.generate.tokenizer import preprocessor
 
-        tasks = [ctx.ir.head.task.value]
+        tasks = ctx.text_tasks
         module = preprocessor.model_tokenizer_source(
             ctx,
             pad_fallback_id(ctx, hf_tokenizer),
@@ -206,10 +206,14 @@ def write_encoder_reference(ctx: Context, hf_model: torch.nn.Module, path: Path)
         lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out)
     )
     try:
-        logits = hf_forward(hf_model, inputs).logits.float().cpu().numpy()
+        output = hf_forward(hf_model, inputs)
     finally:
         handle.remove()
     hidden_states = captured["h"].float().cpu().numpy()
+    if ctx.bare:  # no head: the hidden states are the output
+        np.savez(path, **inputs, hidden_states=hidden_states)
+        return
+    logits = output.logits.float().cpu().numpy()
     if ctx.ir.head.task is Task.TEXT_CLASSIFIER:
         np.savez(path, **inputs, hidden_states=hidden_states, class_logits=logits)
         return
@@ -224,6 +228,9 @@ def write_encoder_reference(ctx: Context, hf_model: torch.nn.Module, path: Path)
     )
 
 
+ROUND_TRIP_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
 def write_tokenizer_cases(ctx: Context, hf_tokenizer, path: Path) -> None:
     corpus = tok.tokenizer_test_corpus(ctx.tokenizer.special_tokens)
     cases = [
@@ -231,3 +238,10 @@ def write_tokenizer_cases(ctx: Context, hf_tokenizer, path: Path) -> None:
         for text in corpus
     ]
     path.write_text(json.dumps(cases, ensure_ascii=False, indent=0) + "\n")
+    # the round trip: what HF's own decode gives back (a lowercasing or accent-stripping
+    # tokenizer does not give back the text)
+    ids = hf_tokenizer(ROUND_TRIP_TEXT, add_special_tokens=False)["input_ids"]
+    round_trip = {"text": ROUND_TRIP_TEXT, "ids": ids, "decoded": hf_tokenizer.decode(ids)}
+    (path.parent / "tokenizer_round_trip.json").write_text(
+        json.dumps(round_trip, ensure_ascii=False, indent=0) + "\n"
+    )

@@ -37,14 +37,15 @@ def package_files(ctx: Context) -> dict[str, str]:
         f"{p}_backbone.py": "backbone.py.jinja",
         f"{p}_attention.py": "attention.py.jinja",
         f"{ctx.block_module}.py": "encoder.py.jinja" if ctx.encoder else "decoder.py.jinja",
-        f"{p}_{task}.py": f"{task}.py.jinja",
         f"{p}_presets.py": "presets.py.jinja",
         f"convert_{p}_checkpoints.py": "convert_checkpoints.py.jinja",
         f"{p}_backbone_test.py": "backbone_test.py.jinja",
-        f"{p}_{task}_test.py": f"{task}_test.py.jinja",
         f"{p}_tokenizer_test.py": "tokenizer_test.py.jinja",
         "__init__.py": "init.py.jinja",
     }
+    if not ctx.bare:  # the task class and its tests (a bare encoder has no task)
+        files[f"{p}_{task}.py"] = f"{task}.py.jinja"
+        files[f"{p}_{task}_test.py"] = f"{task}_test.py.jinja"
     if not ctx.encoder:  # encoders' text preprocessors: hf2kh.generate.tokenizer.preprocessor
         files[f"{p}_causal_lm_preprocessor.py"] = "causal_lm_preprocessor.py.jinja"
     if ctx.needs_layernorm_file:
@@ -53,6 +54,8 @@ def package_files(ctx: Context) -> dict[str, str]:
         files[f"{p}_rotary_embedding.py"] = "rotary_embedding.py.jinja"
     if ctx.moe is not None:
         files[f"{p}_sparse_moe.py"] = "sparse_moe.py.jinja"
+    if ctx.sentence_pooling is not None:
+        files[f"{p}_sentence_embedding.py"] = "sentence_embedding.py.jinja"
     return files
 
 
@@ -69,6 +72,7 @@ def render_package(
         "attention": ctx.attention,
         "rope": ctx.rope,
         "tokenizer": ctx.tokenizer,
+        "pooling": ctx.sentence_pooling,
     }
     written = []
     for name, template in package_files(ctx).items():

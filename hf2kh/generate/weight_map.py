@@ -18,6 +18,10 @@ from hf2kh.errors import WeightAuditError
 from hf2kh.ir import Attention, Mlp, ModelIR, Moe, Norm, Task
 
 TABLE_VERSION = 1
+NOT_PORTED_POOLER = (
+    "the bare model's pooler (its pooled_output) is not ported: the backbone outputs the last "
+    "hidden states"
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,10 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         rows += norm.weight_rows(
             head.final_norm, head.hf_final_norm, "sequence_output_layernorm", hf_shapes
         )
+    if head.task is Task.BASE:  # no head; a pooler of the bare model is declared, not ported
+        pooler = head.hf_pooler
+        unused = [n for n in hf_shapes if pooler and n.startswith(f"{pooler}.")]
+        return WeightTable(rows, {n: NOT_PORTED_POOLER for n in unused})
     if head.task is Task.TEXT_CLASSIFIER:  # the task's pooler and classifier layers
         return WeightTable(
             rows + classifier_head.weight_rows(head.hf_head, head.hf_pooler, hf_shapes)

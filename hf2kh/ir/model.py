@@ -248,6 +248,7 @@ class Task(enum.Enum):
     CAUSAL_LM = "causal_lm"
     MASKED_LM = "masked_lm"
     TEXT_CLASSIFIER = "text_classifier"  # class logits from the first token (pooled or not)
+    BASE = "base"  # a bare bidirectional encoder: the backbone's hidden states are the output
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ class HeadTransform:
 
 @dataclass(frozen=True)
 class Head:
-    hf_head: str
+    hf_head: str | None  # None: Task.BASE, no head
     tied: bool
     bias: bool = False
     final_norm: Norm | None = None
@@ -279,7 +280,8 @@ class Head:
     # `cls.predictions.bias`); None: `<hf_head>.bias`.
     hf_bias: str | None = None
     # Task.TEXT_CLASSIFIER: the pooler's dense (tanh) before `hf_head`, the class count and the
-    # checkpoint's class names by id (`id2label`)
+    # checkpoint's class names by id (`id2label`). Task.BASE: the bare model's pooler, which is
+    # not ported (its weights are declared unused; the backbone outputs the hidden states)
     hf_pooler: str | None = None
     num_classes: int | None = None
     labels: tuple[str, ...] = ()

@@ -131,9 +131,8 @@ def recognize_model(
         classifier = classifier_head.recognize(
             G, after, last_block_call.outputs[0], hidden_dim, vocab_size, evidence
         )
-        if classifier is None:
-            raise UnsupportedModelError("no language-model head producing vocabulary logits")
-        head = classifier.head
+        if classifier is not None:
+            head = classifier.head
 
     # -- what each block receives: masks, rotary tables (a CPU run of the stem) -----------------
     windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
@@ -143,7 +142,7 @@ def recognize_model(
         embed,
         None,
         block0,
-        (group.container, head),
+        (group.container, *([head] if head else [])),
         length,
         projection=embedding_projection,
         blocks=tuple(blocks),
@@ -226,13 +225,24 @@ def recognize_model(
             evidence.append(rope_component.describe(block.attention.rope, block.attention.head_dim))
 
     # -- final norm and head -----------------------------------------------------------------
-    transform, transformed = (
-        (None, classifier.explained)
-        if classifier
-        else head_transform.recognize(G, after, head, last_block_call.outputs[0], evidence)
-    )
+    pooler = None
+    if head is None:  # a bare encoder: at most a pooler after the blocks, which is not ported
+        pooler, explained_pooler = classifier_head.recognize_bare_pooler(
+            G, after, last_block_call.outputs[0], evidence
+        )
+        transform, transformed = None, explained_pooler
+    elif classifier:
+        transform, transformed = None, classifier.explained
+    else:
+        transform, transformed = head_transform.recognize(
+            G, after, head, last_block_call.outputs[0], evidence
+        )
     output_projection = None
-    if hidden_dim != embedding_dim and (transform is None or transform.dim != embedding_dim):
+    if (
+        head is not None
+        and hidden_dim != embedding_dim
+        and (transform is None or transform.dim != embedding_dim)
+    ):
         output_projection = _projection_between(
             G,
             [c.target for c in after_modules if c.target != head],
@@ -256,9 +266,11 @@ def recognize_model(
     own = [
         c for c in after if c.scope == "" or not any(p and c.scope.startswith(p) for p in inside)
     ]
-    logits = first_call(graph, head).outputs[0]
+    logits = first_call(graph, head).outputs[0] if head else None
     chain = [
-        c for c in own if c.kind == "function" and c.outputs and G.derives(c.outputs[0], logits)
+        c
+        for c in own
+        if head and c.kind == "function" and c.outputs and G.derives(c.outputs[0], logits)
     ]
     logit_softcap, capped = softcap_component.find("the head", chain)
     if logit_softcap is not None:
@@ -276,18 +288,23 @@ def recognize_model(
     explained = capped + transformed + scales
     explain_ops("the head", [c for c in own if c not in explained], HEAD_OPS)
     tied_names = {t.name: t.target for t in graph.tied}
-    tied = (  # recorded either way round (XLM-RoBERTa's embedding is tied to its decoder)
-        tied_names.get(f"{head}.weight") == f"{embed}.weight"
-        or tied_names.get(f"{embed}.weight") == f"{head}.weight"
+    tied = (
+        head is not None
+        and (  # recorded either way round (XLM-RoBERTa's embedding is tied to its decoder)
+            tied_names.get(f"{head}.weight") == f"{embed}.weight"
+            or tied_names.get(f"{embed}.weight") == f"{head}.weight"
+        )
     )
-    head_bias = "bias" in G.own_params(head)
-    if classifier is None:
+    head_bias = head is not None and "bias" in G.own_params(head)
+    if classifier is None and head is not None:
         evidence.append(
             f"LM head {head}: {'tied to' if tied else 'separate from'} the token embedding"
             + (", with a bias" if head_bias else "")
         )
 
     task = _task(block_types, transform, head, classifier is not None)
+    if task is Task.BASE:
+        evidence.append("no head: a bare bidirectional encoder, ported as its backbone")
     if task is Task.MASKED_LM:
         evidence.append(f"masked-LM head {head}: bidirectional blocks, a transform before it")
 
@@ -351,7 +368,7 @@ def recognize_model(
             transform=transform,
             task=task,
             hf_bias=tied_names.get(f"{head}.bias"),
-            hf_pooler=classifier.pooler if classifier else None,
+            hf_pooler=classifier.pooler if classifier else pooler,
             num_classes=classifier.num_classes if classifier else None,
             labels=_labels(config, classifier.num_classes) if classifier else (),
         ),
@@ -374,13 +391,19 @@ def _positions_kind(positions: list[str], padding_id: int | None) -> Positions:
     return Positions.LEARNED if padding_id is None else Positions.COUNTED
 
 
-def _task(block_types: list[BlockType], transform, head: str, classifier: bool) -> Task:
+def _task(block_types: list[BlockType], transform, head: str | None, classifier: bool) -> Task:
     """A causal LM (causal blocks, the head on the hidden states), a masked LM (bidirectional
-    blocks, a transform before the head) or a text classifier (bidirectional blocks, class
-    logits from the first token)."""
+    blocks, a transform before the head), a text classifier (bidirectional blocks, class
+    logits from the first token) or a bare encoder (bidirectional blocks, no head)."""
     causal = {b.attention.causal for b in block_types}
     if len(causal) != 1:
         raise UnsupportedModelError("causal and bidirectional blocks in one model")
+    if head is None:
+        if causal == {True}:
+            raise UnsupportedModelError(
+                "no language-model head producing vocabulary logits (a bare causal model)"
+            )
+        return Task.BASE
     if classifier:
         if causal == {True}:
             raise UnsupportedModelError(f"a classifier {head} on a causal model: not supported yet")

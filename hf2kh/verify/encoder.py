@@ -70,6 +70,8 @@ def verify_masked_lm(
     corpus: list[str],
     *,
     name: str,
+    backbone=None,
+    preprocessor=None,
     dtype: str = "float32",
     device: str = "cpu",
     cases: list[Case] | None = None,
@@ -79,7 +81,8 @@ def verify_masked_lm(
 
     report = VerifyReport(model=name, dtype=dtype, device=device)
     tolerance = TOLERANCES[dtype] if rtol is None else rtol
-    backbone = masked_lm.backbone
+    if masked_lm is not None:  # a task; else a bare encoder's `backbone` and `preprocessor`
+        backbone, preprocessor = masked_lm.backbone, masked_lm.preprocessor
     cases = cases or default_cases(getattr(backbone, "max_sequence_length", None))
     layer_model = keras.Model(
         backbone.input, [layer.output for layer in backbone.transformer_layers]
@@ -94,7 +97,7 @@ def verify_masked_lm(
         valid = inputs["padding_mask"].astype(bool)
         recorder = HFRecorder(hf_model, block_paths)
         try:
-            hf_logits = hf_forward(hf_model, inputs).logits.float().cpu().numpy()
+            hf_output = hf_forward(hf_model, inputs)
         finally:
             recorder.close()
         keras_layers = layer_model(inputs)
@@ -122,7 +125,9 @@ def verify_masked_lm(
                 tolerance,
             )
         )
-        logits.append(_task_logits(masked_lm, inputs, hf_logits, valid, tolerance))
+        if masked_lm is not None:
+            hf_logits = hf_output.logits.float().cpu().numpy()
+            logits.append(_task_logits(masked_lm, inputs, hf_logits, valid, tolerance))
 
     shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
     report.checks.append(_check(_worst(embeds), "layers"))
@@ -132,10 +137,11 @@ def verify_masked_lm(
         report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
     padded = f"batches {shapes}, right padding (non-padded positions compared)"
     report.checks.append(_check(_worst(outputs), "outputs", padded))
-    where = "every position; " if logits[0].name == "masked-LM logits" else ""
-    report.checks.append(_check(_worst(logits), "logits", f"{where}{padded}"))
+    if logits:
+        where = "every position; " if logits[0].name == "masked-LM logits" else ""
+        report.checks.append(_check(_worst(logits), "logits", f"{where}{padded}"))
     report.first_divergence = _first_divergence(report.checks, block_paths)
-    report.checks.extend(_tokenizer_ids(hf_tokenizer, masked_lm.preprocessor, corpus))
+    report.checks.extend(_tokenizer_ids(hf_tokenizer, preprocessor, corpus))
     return report
 
 
@@ -163,21 +169,19 @@ def _tokenizer_ids(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Check]
 
 
 def verify_masked_lm_port(module, ir, preset: str, hf_model, hf_tokenizer, tokenizer_spec, **kw):
-    """Load the preset as its KerasHub task (`MaskedLM`, `TextClassifier`; it must be the
-    generated class) and run `verify_masked_lm` on it; `kw`: dtype, device, rtol."""
-    import keras_hub
-
-    from hf2kh.errors import VerificationFailed
+    """Load the preset as its KerasHub task (`MaskedLM`, `TextClassifier`; a bare encoder's
+    `Backbone` and `TextClassifierPreprocessor`; each must be the generated class) and run
+    `verify_masked_lm` on it; `kw`: dtype, device, rtol."""
     from hf2kh.generate.context import TASK_CLASSES
     from hf2kh.generate.tokenizer import tokenizer_test_corpus
+    from hf2kh.ir import Task
 
-    kind = TASK_CLASSES[ir.head.task]
-    masked_lm = getattr(keras_hub.models, kind).from_preset(preset)
-    expected = getattr(module, f"{ir.class_prefix}{kind}")
-    if type(masked_lm) is not expected:
-        raise VerificationFailed(
-            f"the preset loads as {type(masked_lm).__name__}, not {expected.__name__}"
-        )
+    if ir.head.task is Task.BASE:
+        masked_lm = None
+        kw["backbone"] = _load_generated(module, ir, "Backbone", preset)
+        kw["preprocessor"] = _load_generated(module, ir, "TextClassifierPreprocessor", preset)
+    else:
+        masked_lm = _load_generated(module, ir, TASK_CLASSES[ir.head.task], preset)
     return verify_masked_lm(
         hf_model,
         masked_lm,
@@ -187,3 +191,18 @@ def verify_masked_lm_port(module, ir, preset: str, hf_model, hf_tokenizer, token
         name=ir.name,
         **kw,
     )
+
+
+def _load_generated(module, ir, kind: str, preset: str):
+    """`keras_hub.models.<kind>.from_preset(preset)`, which must be the generated class."""
+    import keras_hub
+
+    from hf2kh.errors import VerificationFailed
+
+    loaded = getattr(keras_hub.models, kind).from_preset(preset)
+    expected = getattr(module, f"{ir.class_prefix}{kind}")
+    if type(loaded) is not expected:
+        raise VerificationFailed(
+            f"the preset loads as {type(loaded).__name__}, not {expected.__name__}"
+        )
+    return loaded
