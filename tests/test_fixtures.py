@@ -171,6 +171,12 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_hidden_layers": LAYOUT,
         "type_vocab_size": DEFAULT,
     },
+    "bert_base": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "type_vocab_size": LAYOUT,  # 3 rows: the checkpoint cannot load without it
+    },
     "bert_cls": {
         "hidden_size": LAYOUT,
         "intermediate_size": LAYOUT,
