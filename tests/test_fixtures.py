@@ -185,6 +185,14 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "type_vocab_size": DEFAULT,
     },
     "bloom": {"hidden_size": INVALID, "n_layer": DEFAULT},
+    "cohere": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,  # the default 64 heads leave 32 // 64 = 0 features each
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
     "distilbert": {
         "activation": DEFAULT,
         "dim": LAYOUT,
@@ -265,6 +273,23 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "rope_parameters.partial_rotary_factor": DEFAULT,
         "rope_parameters.rope_type": DEFAULT,
         "use_parallel_residual": DEFAULT,
+    },
+    "glm": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": DEFAULT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
+    "granite": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
     },
     "llama": {
         "hidden_size": LAYOUT,
@@ -386,7 +411,7 @@ def _probe(spec: FixtureSpec, tokenizer, model, inputs) -> dict[str, str]:
                 outcomes[label] = "layout"
                 continue
             other = build_model(ablated, config)
-        except (ValueError, TypeError, StrictDataclassError):
+        except (ValueError, TypeError, ZeroDivisionError, StrictDataclassError):
             outcomes[label] = "invalid"  # validated against the other values: not ignored
             continue
         other.load_state_dict(state, strict=True)
