@@ -49,7 +49,7 @@ def recognize(G: GraphView, path: str, hidden_dim: int, evidence: list[str]):
             f"{path}: a mixture of experts with parameters {sorted(params)}: only one router "
             "matrix and stacked fused gate/up and down experts are supported yet"
         )
-    (router, router_shape), = routers.items()
+    ((router, router_shape),) = routers.items()
     experts = router_shape[0]
     gate_up = next((n for n, s in stacked.items() if s[0] == experts and s[2] == hidden_dim), None)
     down = next((n for n in stacked if n != gate_up), None)
