@@ -122,13 +122,14 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         rows += norm.weight_rows(
             head.final_norm, head.hf_final_norm, "sequence_output_layernorm", hf_shapes
         )
+    declared = _not_run(ir, hf_shapes)
     if head.task is Task.BASE:  # no head; a pooler of the bare model is declared, not ported
         pooler = head.hf_pooler
         unused = [n for n in hf_shapes if pooler and n.startswith(f"{pooler}.")]
-        return WeightTable(rows, {n: NOT_PORTED_POOLER for n in unused})
+        return WeightTable(rows, {**declared, **{n: NOT_PORTED_POOLER for n in unused}})
     if head.task is Task.TEXT_CLASSIFIER:  # the task's pooler and classifier layers
         return WeightTable(
-            rows + classifier_head.weight_rows(head.hf_head, head.hf_pooler, hf_shapes)
+            rows + classifier_head.weight_rows(head.hf_head, head.hf_pooler, hf_shapes), declared
         )
     if not head.tied:
         name = f"{head.hf_head}.weight"
@@ -147,7 +148,17 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         rows += head_transform.weight_rows(head.transform, bias, hf_shapes)
     elif head.bias:
         rows.append(_row(f"{head.hf_head}.bias", hf_shapes, "lm_head_bias/bias"))
-    return WeightTable(rows)
+    return WeightTable(rows, declared)
+
+
+def _not_run(ir: ModelIR, hf_shapes) -> dict[str, str]:
+    """Each tensor of a module the model does not run (a block's `not_run`), with the reason."""
+    declared = {}
+    for i in range(ir.num_layers):
+        for module in ir.block_type(i).not_run:
+            prefix = f"{ir.block_path(i)}.{module.hf_path}."
+            declared.update({n: module.reason.value for n in hf_shapes if n.startswith(prefix)})
+    return declared
 
 
 def _dense(hf_name: str, hf_shapes, layer: str) -> WeightRow:
@@ -169,7 +180,7 @@ def rename_tensors(
     for row in table.rows:
         name = names.get(row.hf_name, row.hf_name)
         rows.append(dataclasses.replace(row, hf_name=name, hf_dtype=dtypes.get(name, "")))
-    return WeightTable(rows, dict(table.declared))
+    return WeightTable(rows, {names.get(n, n): why for n, why in table.declared.items()})
 
 
 def declare_unmapped(

@@ -72,6 +72,24 @@ class Positions(enum.Enum):
     COUNTED = "counted"
 
 
+class EmbeddingNormInput(enum.Enum):
+    """What the stem's embedding norm reads: the sum of the token embeddings and their positions
+    and token types (BART, BLOOM, BERT), or the token embeddings alone, positions added to its
+    output (BlenderbotSmall's `layernorm_embedding`)."""
+
+    SUM = "sum"
+    TOKENS = "tokens"
+
+
+class NotRunReason(enum.Enum):
+    """Why a module that holds parameters is not run by the port (its weights are declared
+    unused with this reason, never dropped silently)."""
+
+    # A second attention of the block, of the self-attention's structure, not called by the
+    # recorded forward: a causal LM without encoder hidden states skips it
+    CROSS_ATTENTION = "cross-attention: not run without encoder states"
+
+
 @dataclass(frozen=True)
 class Norm:
     kind: NormKind
@@ -194,11 +212,21 @@ Step = Let | Add | Scale
 
 
 @dataclass(frozen=True)
+class NotRun:
+    """A module of the block (path relative to it) that holds parameters but is not called by
+    the recorded forward, and why."""
+
+    hf_path: str
+    reason: NotRunReason
+
+
+@dataclass(frozen=True)
 class BlockType:
     hf_class: str
     components: tuple[Component, ...]
     steps: tuple[Step, ...]
     output: str = "x"
+    not_run: tuple[NotRun, ...] = ()
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
@@ -229,6 +257,7 @@ class Stem:
     # A norm of the (scaled, projected, position-summed) embeddings before the first block (BLOOM).
     embedding_norm: Norm | None = None
     hf_embedding_norm: str | None = None
+    embedding_norm_input: EmbeddingNormInput = EmbeddingNormInput.SUM
     # Token embeddings narrower than the blocks, projected up (OPT-350m's `project_in`).
     embedding_dim: int | None = None
     hf_embedding_projection: str | None = None

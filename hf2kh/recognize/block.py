@@ -9,6 +9,7 @@ something else.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from hf2kh.components import attention as attention_component
@@ -28,6 +29,7 @@ from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, Step, block_steps, calls_within, first_call
 from hf2kh.inspect.graph import Call
 from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Moe, Norm, Scale
+from hf2kh.recognize import not_run as not_run_component
 from hf2kh.recognize.graph_view import GraphView
 
 
@@ -102,7 +104,9 @@ def recognize_block(
                 "porting without it would compute something else"
             )
     close_group()
-    return _named(G, block, draft, val(block_in), val(block_out))
+    named = _named(G, block, draft, val(block_in), val(block_out))
+    not_run = not_run_component.recognize(G, block, named.components, hidden_dim, evidence)
+    return dataclasses.replace(named, not_run=not_run) if not_run else named
 
 
 def _steps(G: GraphView, block: str, scope: str | None = None) -> list[Step]:

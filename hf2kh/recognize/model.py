@@ -91,7 +91,7 @@ def recognize_model(
         and G.is_projection(p)
         and G.own_params(p)["weight"][-1] in (hidden_dim, embedding_dim)
         and (
-            not G.derives(first_call(graph, p).inputs[0], input_value)
+            not G.derives(stem_tables.lookup_index(G, p), input_value)
             or stem_tables.padding_id(G, p, input_value) is not None
         )
     ]

@@ -34,11 +34,19 @@ def _one_row(table: torch.Tensor, used: torch.Tensor) -> bool:
     return any(bool((used == row).all()) for row in table)
 
 
+def lookup_index(G, path: str) -> int:
+    """The value the table at `path` is indexed with: the index of its `embedding` lookup (BART's
+    positional table receives `input_ids` for their shape only and looks up
+    `arange(length) + 2`), else the module's first input."""
+    lookup = next((c for c in G.calls_within(path) if c.target == "embedding"), None)
+    return lookup.inputs[0] if lookup is not None else first_call(G.g, path).inputs[0]
+
+
 def padding_id(G, path: str, input_ids: int) -> int | None:
     """The pad id when the table at `path` is read at positions counted from the token ids
     (RoBERTa's `padding_idx + cumsum(input_ids != padding_idx)`): the recorded dataflow from
     `input_ids` to the table's index holds a `ne` with that constant and a `cumsum`."""
-    index = first_call(G.g, path).inputs[0]
+    index = lookup_index(G, path)
     on_path = [
         c
         for c in G.g.calls
