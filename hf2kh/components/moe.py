@@ -1,33 +1,53 @@
-"""Sparse mixture of experts: a router, the top-k experts of each token, gated-MLP experts.
+"""Sparse mixture of experts: a router, the top-k experts of each token, gated-MLP experts, and
+maybe a shared expert every token runs.
 
 Recognized by shapes and a numeric probe, never names: a module whose parameters are one router
 matrix (experts, hidden) and two stacked expert tensors, fused gate/up (experts, 2 * inner,
-hidden) and down (experts, hidden, inner). A CPU copy of the module with random weights runs on
-random tokens, and the one reference that computes the same output is kept: softmax over the
-router's scores, the `top_k` largest (each k), renormalized or not, each activation, `[gate |
-up]` or `[up | gate]`. The probe compares the module's whole output, so every op inside it is
-accounted for. Emitted as the package's sparse MoE layer (`<name>_sparse_moe.py`), which runs
-every expert on every token and weights them by the routing (`keras.ops` only); its weights are
-the router and each expert's gate, up and down kernels, read from the experts as the checkpoint
-stores them (one by one; transformers stacks them on load).
+hidden) and down (experts, hidden, inner); besides them at most a per-expert buffer (a
+correction bias for choosing experts), a child module that is a gated MLP (the shared expert)
+and a (1, hidden) matrix (a sigmoid gate on the shared expert's output). A CPU copy of the module
+with random weights (and a random correction bias) runs on random tokens, and the one reference
+that computes the same output is kept: softmax or sigmoid scores of the router's logits; the
+`top_k` chosen on the scores, on the scores plus the bias or on the logits plus the bias, among
+all experts or only those of each token's best groups; the chosen scores renormalized or not,
+times 1 or a constant the module multiplies by; each activation, `[gate | up]` or `[up | gate]`;
+plus the shared expert's output (gated or not). The probe compares the module's whole output, so
+every op inside it is accounted for; a routing no candidate matches is refused.
+
+Emitted as the package's sparse MoE layer (`<name>_sparse_moe.py`), which runs every expert on
+every token and weights them by the routing (`keras.ops` only); its weights are the router, the
+correction bias, each expert's gate, up and down kernels (read from the experts as the checkpoint
+stores them: one by one, which transformers stacks on load, or already stacked) and the shared
+expert's.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import torch
 
+from hf2kh.components import mlp as mlp_component
 from hf2kh.components.base import Arg
+from hf2kh.components.softcap import MULS, constant
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.weight_map import WeightRow
-from hf2kh.ir import Activation, Moe
+from hf2kh.inspect.dataflow import calls_within
+from hf2kh.ir import Activation, ChoiceBias, Moe, MoeScoring, SharedExpert, WeightLayout
 from hf2kh.recognize import probes
 from hf2kh.recognize.graph_view import GraphView
 
-# Keras names inside the sparse MoE layer: the router, and one `Dense` per expert and role.
+# Keras names inside the sparse MoE layer: the router, its correction bias, one `Dense` per
+# expert and role, the shared expert's `Dense` layers and its output gate.
 ROUTER = "router"
+CORRECTION_BIAS = "score_correction_bias"
 EXPERT = "expert_{expert}_{role}"
+SHARED = "shared_expert_{role}"
+SHARED_GATE = "shared_expert_gating"
+
+# Tokens the probe routes: enough that a wrong routing changes some token's choice.
+PROBE_TOKENS = 48
 
 
 def is_moe(G: GraphView, path: str, hidden_dim: int) -> bool:
@@ -42,31 +62,83 @@ def recognize(G: GraphView, path: str, hidden_dim: int, evidence: list[str]):
     """(Moe, weights: role -> full HF parameter name) of the mixture-of-experts module `path`."""
     params = G.subtree_params(path)
     stacked = {n: s for n, s in params.items() if len(s) == 3}
-    routers = {n: s for n, s in params.items() if len(s) == 2}
-    others = sorted(set(params) - set(stacked) - set(routers))
-    if len(stacked) != 2 or len(routers) != 1 or others:
+    experts = next((s[0] for s in stacked.values() if s[-1] == hidden_dim), None)
+    routers = [n for n, s in params.items() if s == (experts, hidden_dim)]
+    shared_gates = [n for n, s in params.items() if s == (1, hidden_dim)]
+    shared_path = _shared_module(G, path, set(stacked) | set(routers) | set(shared_gates))
+    others = sorted(
+        n
+        for n in set(params) - set(stacked) - set(routers) - set(shared_gates)
+        if shared_path is None or not n.startswith(f"{shared_path}.")
+    )
+    if len(stacked) != 2 or len(routers) != 1 or len(shared_gates) > 1 or others:
         raise UnsupportedModelError(
-            f"{path}: a mixture of experts with parameters {sorted(params)}: only one router "
-            "matrix and stacked fused gate/up and down experts are supported yet"
+            f"{path}: a mixture of experts with parameters {sorted(params)}: one router matrix, "
+            "stacked fused gate/up and down experts and at most a shared gated MLP (with a "
+            "one-unit gate) are supported"
         )
-    ((router, router_shape),) = routers.items()
-    experts = router_shape[0]
+    (router,) = routers
     gate_up = next((n for n, s in stacked.items() if s[0] == experts and s[2] == hidden_dim), None)
     down = next((n for n in stacked if n != gate_up), None)
-    if gate_up is None or router_shape[1] != hidden_dim:
+    if gate_up is None:
         raise UnsupportedModelError(f"{path}: expert weights {stacked} do not read {hidden_dim}")
     inner2 = stacked[gate_up][1]
     if inner2 % 2 or stacked[down] != (experts, hidden_dim, inner2 // 2):
         raise UnsupportedModelError(f"{path}: expert weights {stacked} are not a fused gated MLP")
-    spec = _probe(G, path, router, gate_up, down, experts, inner2 // 2)
-    stored = stored_experts(G.model, gate_up, down, spec.gate_first)
-    evidence.append(
-        f"mixture of experts {path}: {experts} gated {spec.activation.value} experts of "
-        f"{spec.intermediate_dim}, top {spec.top_k} of a softmax"
-        + (" renormalized" if spec.normalize_top_k else "")
-        + " (probed)"
+    biases = [
+        b.name for b in G.g.buffers if b.name.startswith(f"{path}.") and b.shape == (experts,)
+    ]
+    if len(biases) > 1:
+        raise UnsupportedModelError(f"{path}: several per-expert buffers {biases}")
+    shared, shared_weights = None, {}
+    if shared_path is not None:
+        shared, shared_weights = _shared_expert(G, path, shared_path, hidden_dim, evidence)
+    elif shared_gates:
+        raise UnsupportedModelError(
+            f"{path}: a one-unit gate {shared_gates[0]} without a shared expert"
+        )
+    weights = {"router": router, **shared_weights}
+    if shared_gates:
+        weights["shared_output_gate"] = shared_gates[0]
+    spec = _probe(
+        G, path, weights, gate_up, down, biases[0] if biases else None, shared_path, inner2 // 2
     )
-    return spec, {"router": router, **stored}
+    if spec.choice_bias is not ChoiceBias.NONE:
+        weights["correction_bias"] = biases[0]
+    if shared is not None:
+        spec = replace(spec, shared=replace(shared, gated_output=bool(shared_gates)))
+    stored = stored_experts(G.model, gate_up, down, spec.gate_first)
+    evidence.append(f"mixture of experts {path}: {describe(spec)} (probed)")
+    return spec, {**weights, **stored}
+
+
+def _shared_module(G: GraphView, path: str, routed: set[str]) -> str | None:
+    """The child of `path` holding the parameters that are not the router's or the routed
+    experts' (the shared expert), if any."""
+    children = [
+        c
+        for c in G.g.module(path).children
+        if G.subtree_params(c) and not set(G.subtree_params(c)) & routed
+    ]
+    if len(children) > 1:
+        raise UnsupportedModelError(f"{path}: modules {children} besides the routed experts")
+    return children[0] if children else None
+
+
+def _shared_expert(G: GraphView, path: str, shared_path: str, hidden_dim: int, evidence):
+    projections = [c for c in G.g.module(shared_path).children if G.is_projection(c)]
+    calls = calls_within(G.g, shared_path)
+    if not calls:
+        raise UnsupportedModelError(f"{shared_path}: not run by the mixture of experts {path}")
+    mlp, weights = mlp_component.recognize(
+        G, shared_path, projections, calls, G.out(shared_path), hidden_dim, evidence
+    )
+    if not mlp.gated or mlp.bias or mlp.weight_layout is not WeightLayout.LINEAR:
+        raise UnsupportedModelError(
+            f"{shared_path}: a shared expert that is not a bias-free gated MLP is not supported"
+        )
+    shared = SharedExpert(intermediate_dim=mlp.intermediate_dim, activation=mlp.activation)
+    return shared, {f"shared_{role}": p for role, p in weights.items()}
 
 
 def stored_experts(model, gate_up: str, down: str, gate_first: bool) -> dict[str, str]:
@@ -92,82 +164,193 @@ def stored_experts(model, gate_up: str, down: str, gate_first: bool) -> dict[str
                 continue
             prefix = name[: len(name) - len(target)]
             found[name] = [prefix + p.lstrip(".").replace("*", "{}") for p in rule.source_patterns]
+    if not found:  # no rule stacks them: the checkpoint stores them stacked, as the model
+        return {"experts_gate_up": gate_up, "experts_down": down}
     if len(found.get(gate_up, ())) != 2 or len(found.get(down, ())) != 1:
         raise UnsupportedModelError(
-            f"{gate_up}: experts stored stacked in the checkpoint (not one by one as "
-            "transformers' loading rules stack them): not supported yet"
+            f"{gate_up}: transformers' loading rules stack these experts in a way hf2kh does "
+            "not read (not one by one, fused gate/up from two tensors)"
         )
     gate, up = found[gate_up] if gate_first else found[gate_up][::-1]
     return {"expert_gate": gate, "expert_up": up, "expert_down": found[down][0]}
 
 
-def _probe(G, path, router, gate_up, down, experts, inner) -> Moe:
+def _probe(G, path, weights, gate_up, down, bias, shared_path, inner) -> Moe:
     module = probes.materialize(G.submodule(path))
-    found = dict(module.named_parameters())
     at = len(path) + 1
-    w_router, w_gate_up, w_down = (found[n[at:]] for n in (router, gate_up, down))
-    x = torch.randn(1, 9, w_router.shape[1], generator=torch.Generator().manual_seed(7))
+    found = dict(module.named_parameters())
+    w_router, w_gate_up, w_down = (found[n[at:]] for n in (weights["router"], gate_up, down))
+    experts, hidden = w_router.shape
+    gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
+        # logits of about unit size, so sigmoid scores do not saturate and a bias of their
+        # size changes some choices
+        w_router.copy_(torch.randn(w_router.shape, generator=gen) / hidden**0.5)
+        correction = None
+        if bias is not None:
+            correction = module.get_buffer(bias[at:])
+            correction.copy_(torch.randn(experts, generator=gen) * 0.5)
+        x = torch.randn(1, PROBE_TOKENS, hidden, generator=gen)
         observed = module(x)
         if isinstance(observed, tuple):
             observed = observed[0]
         observed = observed.reshape(x.shape)
-        scores = torch.softmax(x @ w_router.T, dim=-1)
+        logits = x @ w_router.T
         fused = torch.einsum("bsh,eih->bsei", x, w_gate_up)
-    candidates = {}
-    for k, normalize, activation, gate_first in itertools.product(
-        range(1, experts + 1), (True, False), probes.ACTIVATIONS, (True, False)
-    ):
-        candidates[f"{k}|{normalize}|{activation}|{gate_first}"] = (
-            lambda k=k, n=normalize, a=activation, g=gate_first: _reference(
-                scores, fused, w_down, k, n, probes.ACTIVATIONS[a], g
-            )
-        )
-    try:
-        chosen = probes.pick(f"{path}: the mixture of experts", observed, candidates)
-    except UnsupportedModelError:
-        raise UnsupportedModelError(
-            f"{path}: the mixture of experts matches no softmax top-k routing hf2kh knows (every "
-            "k, renormalized or not, each activation, either gate/up order); it needs the "
-            "op-by-op fallback, which this version of hf2kh does not emit"
-        ) from None
-    k, normalize, activation, gate_first = chosen.split("|")
-    return Moe(
-        num_experts=experts,
-        top_k=int(k),
-        intermediate_dim=inner,
-        activation=Activation(activation),
-        normalize_top_k=normalize == "True",
-        gate_first=gate_first == "True",
+        shared = 0.0
+        if shared_path is not None:
+            shared = module.get_submodule(shared_path[at:])(x).reshape(x.shape)
+            if "shared_output_gate" in weights:
+                shared = shared * torch.sigmoid(x @ found[weights["shared_output_gate"][at:]].T)
+        each = {
+            (a, g): _experts(fused, w_down, probes.ACTIVATIONS[a], g)
+            for a, g in itertools.product(probes.ACTIVATIONS, (True, False))
+        }
+    factors = [1.0] + sorted(
+        {
+            value
+            for c in calls_within(G.g, path)
+            if c.kind == "function"
+            and c.target in MULS
+            and (value := constant(c)) not in (None, 1.0)
+        }
+    )
+    with torch.no_grad():
+        for (fields, routed), (a, g), factor in itertools.product(
+            _routings(logits, correction), each, factors
+        ):
+            routed_out = torch.einsum("bseh,bse->bsh", each[a, g], routed) * factor
+            if probes.matches(observed, routed_out + shared):
+                return Moe(
+                    num_experts=experts,
+                    intermediate_dim=inner,
+                    activation=Activation(a),
+                    gate_first=g,
+                    routed_scale=factor,
+                    **fields,
+                )
+    raise UnsupportedModelError(
+        f"{path}: the mixture of experts matches no routing hf2kh knows (softmax or sigmoid "
+        "scores, top k of them, of them or the logits plus a correction bias, in the best "
+        "groups or not, renormalized or not, scaled or not; each activation, either gate/up "
+        "order); it needs the op-by-op fallback, which this version of hf2kh does not emit"
     )
 
 
-def _reference(scores, fused, w_down, k, normalize, act, gate_first):
-    top, index = torch.topk(scores, k, dim=-1)
-    if normalize:
-        top = top / top.sum(dim=-1, keepdim=True)
-    routing = torch.zeros_like(scores).scatter(-1, index, top)
+def _routings(logits, correction):
+    """(Moe fields, routing weights (batch, tokens, experts)) of every routing candidate, the
+    plainest first."""
+    experts = logits.shape[-1]
+    biases = [ChoiceBias.NONE]
+    if correction is not None:
+        biases += [ChoiceBias.SCORES, ChoiceBias.LOGITS]
+    groups = [(1, 1)] + [
+        (n, best) for n in range(2, experts // 2 + 1) if experts % n == 0 for best in range(1, n)
+    ]
+    for scoring, choice_bias, (n, best), k, normalize in itertools.product(
+        MoeScoring, biases, groups, range(1, experts + 1), (True, False)
+    ):
+        scores = torch.softmax(logits, -1) if scoring is MoeScoring.SOFTMAX else logits.sigmoid()
+        choice = {
+            ChoiceBias.NONE: scores,
+            ChoiceBias.SCORES: scores + (correction if correction is not None else 0.0),
+            ChoiceBias.LOGITS: logits + (correction if correction is not None else 0.0),
+        }[choice_bias]
+        if n > 1:
+            choice = _best_groups(choice, n, best)
+            if k > experts // n * best:
+                continue
+        index = torch.topk(choice, k, dim=-1).indices
+        top = scores.gather(-1, index)
+        if normalize:
+            top = top / top.sum(dim=-1, keepdim=True)
+        fields = dict(
+            top_k=k,
+            normalize_top_k=normalize,
+            scoring=scoring,
+            choice_bias=choice_bias,
+            num_groups=n,
+            top_k_groups=best,
+        )
+        yield fields, torch.zeros_like(scores).scatter(-1, index, top)
+
+
+def _best_groups(choice, groups: int, best: int):
+    """`choice` with the experts outside each token's `best` groups (a group scored by the sum
+    of its two best experts) set to -inf."""
+    grouped = choice.unflatten(-1, (groups, -1))
+    group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+    chosen = group_scores.topk(best, dim=-1).indices
+    keep = torch.zeros_like(group_scores).scatter(-1, chosen, 1.0).bool()
+    return grouped.masked_fill(~keep[..., None], float("-inf")).flatten(-2)
+
+
+def _experts(fused, w_down, act, gate_first):
+    """Every expert's output on every token (batch, tokens, experts, hidden)."""
     gate, up = fused.chunk(2, dim=-1)
     if not gate_first:
         gate, up = up, gate
-    each = torch.einsum("bsei,ehi->bseh", act(gate) * up, w_down)
-    return torch.einsum("bseh,bse->bsh", each, routing)
+    return torch.einsum("bsei,ehi->bseh", act(gate) * up, w_down)
 
 
-def args(moe: Moe) -> list[Arg]:
-    return [
-        Arg("intermediate_dim", moe.intermediate_dim, "int. Width of each expert's MLP."),
+def describe(moe: Moe) -> str:
+    choice = {
+        ChoiceBias.NONE: "",
+        ChoiceBias.SCORES: " chosen on the scores plus a correction bias",
+        ChoiceBias.LOGITS: " chosen on the logits plus a correction bias",
+    }[moe.choice_bias]
+    text = (
+        f"{moe.num_experts} gated {moe.activation.value} experts of {moe.intermediate_dim}, "
+        f"top {moe.top_k} of {moe.scoring.value} scores{choice}"
+    )
+    if moe.num_groups > 1:
+        text += f" in the best {moe.top_k_groups} of {moe.num_groups} groups"
+    if moe.normalize_top_k:
+        text += ", renormalized"
+    if moe.routed_scale != 1.0:
+        text += f", times {moe.routed_scale:g}"
+    if moe.shared is not None:
+        text += (
+            f"; a shared gated {moe.shared.activation.value} expert of "
+            f"{moe.shared.intermediate_dim}"
+            + (" with a sigmoid gate" if moe.shared.gated_output else "")
+        )
+    return text
+
+
+def args(moe: Moe, beside_mlp: bool = False) -> list[Arg]:
+    """The block's arguments for its mixture of experts; `beside_mlp`: other layers have a dense
+    MLP, which keeps the name `intermediate_dim` (the experts' width is `moe_intermediate_dim`)."""
+    width = "moe_intermediate_dim" if beside_mlp else "intermediate_dim"
+    found = [
+        Arg(width, moe.intermediate_dim, "int. Width of each expert's MLP."),
         Arg("num_experts", moe.num_experts, "int. Experts of each mixture-of-experts layer."),
         Arg("num_experts_per_token", moe.top_k, "int. Experts each token is routed to."),
     ]
+    if moe.num_groups > 1:
+        found += [
+            Arg("num_expert_groups", moe.num_groups, "int. Groups the experts are split into."),
+            Arg(
+                "num_expert_groups_per_token",
+                moe.top_k_groups,
+                "int. Best groups each token's experts are chosen from.",
+            ),
+        ]
+    if moe.routed_scale != 1.0:
+        doc = "float. Multiplies the routed experts' weights."
+        found.append(Arg("routed_scaling_factor", moe.routed_scale, doc))
+    if moe.shared is not None:
+        doc = "int. Width of the shared expert's MLP."
+        found.append(Arg("shared_intermediate_dim", moe.shared.intermediate_dim, doc))
+    return found
 
 
-def build_lines(prefix: str, name: str, shape: str) -> list[str]:
+def build_lines(moe: Moe, prefix: str, name: str, shape: str, beside_mlp: bool) -> list[str]:
+    layer_args = [a.name for a in args(moe, beside_mlp)]
+    layer_args[0] = f"intermediate_dim=self.{layer_args[0]}"
     return [
         f"self.{name} = {prefix}SparseMoe(",
-        "    num_experts=self.num_experts,",
-        "    num_experts_per_token=self.num_experts_per_token,",
-        "    intermediate_dim=self.intermediate_dim,",
+        *(f"    {a}," if "=" in a else f"    {a}=self.{a}," for a in layer_args),
         "    kernel_initializer=self.kernel_initializer,",
         "    dtype=self.dtype_policy,",
         f'    name="{name}",',
@@ -180,28 +363,68 @@ def text(moe: Moe) -> str:
     return (
         f"a sparse mixture of `num_experts` gated {moe.activation.value} experts, "
         "`num_experts_per_token` per token"
+        + (", and a shared expert" if moe.shared is not None else "")
     )
 
 
 def weight_rows(moe: Moe, weights: dict[str, str], hf, keras: str, shapes) -> list[WeightRow]:
-    """The router (a model parameter) and each expert's gate, up and down matrices under the
-    names the checkpoint stores them (`stored_experts`), one Keras `Dense` kernel each."""
+    """The router (a model parameter), its correction bias, each expert's gate, up and down
+    matrices (stored one by one under the names `stored_experts` found, or stacked: each
+    expert's slice of the stacked tensors) and the shared expert's: one Keras `Dense` kernel
+    each."""
     router = hf(weights["router"])
     shape = tuple(shapes[router])
-    rows = [
-        WeightRow(router, shape, f"{keras}/{ROUTER}/kernel", shape[::-1], ({"op": "transpose"},))
-    ]
+    rows = [_kernel(router, shape, f"{keras}/{ROUTER}")]
+    if "correction_bias" in weights:
+        name = hf(weights["correction_bias"])  # a buffer: not among the parameter `shapes`
+        bias_shape = (moe.num_experts,)
+        rows.append(WeightRow(name, bias_shape, f"{keras}/{CORRECTION_BIAS}", bias_shape, ()))
     hidden, inner = shape[1], moe.intermediate_dim
     for expert in range(moe.num_experts):
-        for role, stored_shape in (("gate", (inner, hidden)), ("up", (inner, hidden)),
-                                   ("down", (hidden, inner))):  # fmt: skip
-            rows.append(
-                WeightRow(
-                    hf(weights[f"expert_{role}"]).format(expert),
-                    stored_shape,
-                    f"{keras}/{EXPERT.format(expert=expert, role=role)}/kernel",
-                    stored_shape[::-1],
-                    ({"op": "transpose"},),
-                )
-            )
+        for role, part in (("gate", (inner, hidden)), ("up", (inner, hidden)),
+                           ("down", (hidden, inner))):  # fmt: skip
+            path = f"{keras}/{EXPERT.format(expert=expert, role=role)}"
+            if "experts_down" not in weights:  # one by one
+                rows.append(_kernel(hf(weights[f"expert_{role}"]).format(expert), part, path))
+                continue
+            stacked = hf(weights["experts_down" if role == "down" else "experts_gate_up"])
+            ops = [{"op": "take", "axis": 0, "index": expert}]
+            if role != "down":
+                half = 0 if (role == "gate") == moe.gate_first else 1
+                ops.append({"op": "split", "axis": 0, "sizes": [inner, inner], "index": half})
+            rows.append(_kernel(stacked, tuple(shapes[stacked]), path, part, ops))
+    if moe.shared is not None:
+        rows += _shared_rows(moe, weights, hf, keras, shapes)
     return rows
+
+
+def _shared_rows(moe: Moe, weights, hf, keras: str, shapes) -> list[WeightRow]:
+    rows = []
+    inner = moe.shared.intermediate_dim
+    for role, path in weights.items():
+        if not role.startswith("shared_") or role == "shared_output_gate":
+            continue
+        name = f"{hf(path)}.weight"
+        shape = tuple(shapes[name])
+        role = role.removeprefix("shared_")
+        if role.startswith("gate_up:"):  # fused [gate | up] (or [up | gate]) rows
+            gate_half = int(role.split(":")[1])
+            for part, half in (("gate", gate_half), ("up", 1 - gate_half)):
+                split = {"op": "split", "axis": 0, "sizes": [inner, inner], "index": half}
+                out = (inner, shape[1])
+                rows.append(
+                    _kernel(name, shape, f"{keras}/{SHARED.format(role=part)}", out, [split])
+                )
+        else:
+            rows.append(_kernel(name, shape, f"{keras}/{SHARED.format(role=role)}"))
+    if moe.shared.gated_output:
+        name = hf(weights["shared_output_gate"])
+        rows.append(_kernel(name, tuple(shapes[name]), f"{keras}/{SHARED_GATE}"))
+    return rows
+
+
+def _kernel(name: str, shape, layer: str, part=None, ops=()) -> WeightRow:
+    """A `Linear` matrix (out, in), or the `part` of it `ops` select, as the kernel (in, out)
+    of the Keras `Dense` `layer`."""
+    part = tuple(part or shape)
+    return WeightRow(name, tuple(shape), f"{layer}/kernel", part[::-1], (*ops, {"op": "transpose"}))

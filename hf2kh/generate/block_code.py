@@ -38,11 +38,28 @@ class BlockCode:
                 ]
             elif isinstance(spec, Attention):
                 lines += self._attention_build(component.name)
-            elif isinstance(spec, Mlp):
-                lines += self._mlp_build(spec)
-            elif isinstance(spec, Moe):
-                lines += moe_component.build_lines(self.ctx.prefix, component.name, self.shape)
+            elif isinstance(spec, (Mlp, Moe)):
+                lines += self._feedforward_build(component.name)
         return lines
+
+    def _feedforward_build(self, name: str) -> list[str]:
+        """The dense MLP's layers, the mixture of experts, or (layers differing in it) either,
+        as `use_sparse_moe` says."""
+        ctx = self.ctx
+        moe = []
+        if ctx.moe is not None:
+            moe = moe_component.build_lines(
+                ctx.moe, ctx.prefix, name, self.shape, ctx.mixed_feedforward
+            )
+        if not ctx.mixed_feedforward:
+            return moe or self._mlp_build(ctx.mlp)
+        dense = self._mlp_build(ctx.mlp)
+        return [
+            "if self.use_sparse_moe:",
+            *(f"    {line}" for line in moe),
+            "else:",
+            *(f"    {line}" for line in dense),
+        ]
 
     def _attention_build(self, name: str) -> list[str]:
         ctx = self.ctx
@@ -107,6 +124,13 @@ class BlockCode:
                     "if cache is not None:",
                     f"    {step.out}, cache = {step.out}",
                 ]
+            elif isinstance(spec, (Mlp, Moe)) and self.ctx.mixed_feedforward:
+                lines += [
+                    "if self.use_sparse_moe:",
+                    f"    {step.out} = self.{step.component}({source})",
+                    "else:",
+                    f"    {step.out} = self._feedforward({source})",
+                ]
             elif isinstance(spec, Mlp):
                 lines.append(f"{step.out} = self._feedforward({source})")
             else:
@@ -149,7 +173,11 @@ class BlockCode:
     @property
     def mlp_text(self) -> str:
         mlp = self.ctx.mlp
+        routed = "sum of the routed experts' down(act(gate(x)) * up(x))"
         if mlp is None:
-            return "sum of the routed experts' down(act(gate(x)) * up(x))"
+            return routed
+        if self.ctx.mixed_feedforward:
+            act = mlp.activation.value
+            return f"down({act}(gate(x)) * up(x)) (with use_sparse_moe: the {routed})"
         act = mlp.activation.value
         return f"down({act}(gate(x)) * up(x))" if mlp.gated else f"down({act}(up(x)))"

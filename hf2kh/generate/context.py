@@ -93,20 +93,34 @@ class Context:
     def attention_component(self):
         return next(c for c in self.block.components if isinstance(c.spec, Attention))
 
+    def _feedforwards(self, kind: type) -> list:
+        """The components of type `kind` of every block type, in order."""
+        return [
+            c for b in self.ir.block_types for c in b.components if isinstance(c.spec, kind)
+        ]
+
     @property
     def mlp(self) -> Mlp | None:
-        return next((c.spec for c in self.block.components if isinstance(c.spec, Mlp)), None)
+        return next((c.spec for c in self._feedforwards(Mlp)), None)
 
     @property
     def moe(self) -> Moe | None:
-        return next((c.spec for c in self.block.components if isinstance(c.spec, Moe)), None)
+        return next((c.spec for c in self._feedforwards(Moe)), None)
+
+    @property
+    def mixed_feedforward(self) -> bool:
+        """Some layers have a dense MLP, others a mixture of experts (`use_sparse_moe`)."""
+        return self.mlp is not None and self.moe is not None
 
     @property
     def moe_hf_class(self) -> str:
-        return next(c.hf_class for c in self.block.components if isinstance(c.spec, Moe))
+        return self._feedforwards(Moe)[0].hf_class
 
     def moe_activation(self, x: str) -> str:
         return mlp_component.EXPRESSIONS[self.moe.activation].format(x=x)
+
+    def moe_shared_activation(self, x: str) -> str:
+        return mlp_component.EXPRESSIONS[self.moe.shared.activation].format(x=x)
 
     @property
     def rope(self):
@@ -298,11 +312,11 @@ class Context:
             norms.append(self.ir.head.final_norm)
         if self.ir.stem.embedding_norm is not None:
             norms.append(self.ir.stem.embedding_norm)
-        mlp = next((c.spec for c in block.components if isinstance(c.spec, Mlp)), None)
-        moe = next((c.spec for c in block.components if isinstance(c.spec, Moe)), None)
+        mlp, moe = self.mlp, self.moe  # both, when some layers have one and some the other
         groups: list[list[Arg]] = [
             [Arg("hidden_dim", self.ir.stem.hidden_dim, "int. Width of the hidden states.")],
-            mlp_component.args(mlp) if mlp is not None else moe_component.args(moe),
+            mlp_component.args(mlp) if mlp is not None else [],
+            moe_component.args(moe, beside_mlp=mlp is not None) if moe is not None else [],
             attention_component.args(attention),
         ]
         groups += [norm_component.args(n) for n in norms]
@@ -313,6 +327,10 @@ class Context:
         for step in block.steps:
             if isinstance(step, Scale):
                 groups.append(scale_component.args(step.name, step.input, step.factor))
+        if self.mixed_feedforward:
+            sparse = any(isinstance(c.spec, Moe) for c in block.components)
+            doc = "bool. Whether the feedforward is the mixture of experts (else the dense MLP)."
+            groups.append([Arg("use_sparse_moe", sparse, doc)])
         if self.sliding_window:
             window = self.ir.layer_options[i].sliding_window
             doc = "int. Tokens each position attends to, itself included."
@@ -527,6 +545,11 @@ def _without_values(block, rope):
     components = []
     for c in block.components:
         spec = c.spec
+        # a dense MLP in some layers and a mixture of experts in others (GLM-4.5's first dense
+        # layers): one block class that builds the one or the other (`use_sparse_moe`)
+        if isinstance(spec, (Mlp, Moe)):
+            c = dataclasses.replace(c, hf_class="", weights=())
+            spec = None
         if isinstance(spec, Attention) and (spec.rope or rope) is not None:
             blank = dataclasses.replace(spec.rope or rope, theta=0.0)
             spec = dataclasses.replace(spec, rope=blank)

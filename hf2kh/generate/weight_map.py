@@ -219,8 +219,9 @@ def audit_checkpoint(table: WeightTable, checkpoint: dict[str, tuple[int, ...]])
     problems: list[str] = []
     used: dict[str, list[dict | None]] = {}
     for row in table.rows:
-        part = next((op for op in row.transform if op["op"] in ("split", "take")), None)
-        used.setdefault(row.hf_name, []).append(part)
+        # the part of the tensor the row reads: the index of each split/take, in order
+        part = tuple(op["index"] for op in row.transform if op["op"] in ("split", "take"))
+        used.setdefault(row.hf_name, []).append(part or None)
         if row.hf_name not in checkpoint:
             problems.append(
                 f"Keras variable {row.keras_path} is left unfilled: "
@@ -234,8 +235,13 @@ def audit_checkpoint(table: WeightTable, checkpoint: dict[str, tuple[int, ...]])
         if None in splits and len(splits) > 1:
             problems.append(f"{name} is used {len(splits)} times")
         elif None not in splits:
-            indices = sorted(s["index"] for s in splits)
-            if indices != list(range(len(splits))):
+            # each part once, and each split's parts counted from 0 without a gap
+            indices = sorted(splits)
+            depth = max(map(len, splits))
+            levels = [sorted({s[k] for s in splits if len(s) > k}) for k in range(depth)]
+            if len(set(indices)) != len(indices) or any(
+                level != list(range(len(level))) for level in levels
+            ):
                 problems.append(f"{name} is split into parts {indices}, not each part once")
     unused = sorted(set(checkpoint) - set(used) - set(table.declared))
     problems += [f"checkpoint tensor {n} is not used by the port" for n in unused]

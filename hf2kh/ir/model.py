@@ -149,12 +149,41 @@ class Mlp:
     weight_layout: WeightLayout = WeightLayout.LINEAR
 
 
+class MoeScoring(enum.Enum):
+    """How the router turns its logits into expert scores: a softmax over the experts, or each
+    expert's own sigmoid."""
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+
+
+class ChoiceBias(enum.Enum):
+    """Where a per-expert correction bias (DeepSeek-V3's `e_score_correction_bias`) is added
+    when choosing the experts (only for choosing: the weights are the unbiased scores)."""
+
+    NONE = "none"
+    SCORES = "scores"  # to the scores (GLM-4.5, MiniMax-M2)
+    LOGITS = "logits"  # to the router logits (Kolibri)
+
+
+@dataclass(frozen=True)
+class SharedExpert:
+    """A gated MLP every token runs besides its routed experts, its output added to theirs;
+    with `gated_output`, scaled first by `sigmoid(gate(x))` of a one-unit projection (Qwen2-MoE)."""
+
+    intermediate_dim: int
+    activation: Activation
+    gated_output: bool = False
+
+
 @dataclass(frozen=True)
 class Moe:
     """A sparse mixture of gated-MLP experts: a bias-free router scores the `num_experts`
-    experts, the softmax's `top_k` largest probabilities (renormalized to sum to 1 with
-    `normalize_top_k`) weight the chosen experts' outputs. Each expert's fused gate/up rows are
-    `[gate | up]`, or `[up | gate]` without `gate_first`."""
+    experts (`scoring`); each token's `top_k` best (chosen on the scores, or on them plus a
+    correction bias, and only among the experts of its `top_k_groups` best of `num_groups`
+    groups) are weighted by their scores, renormalized to sum to 1 with `normalize_top_k`, times
+    `routed_scale`. Each expert's fused gate/up rows are `[gate | up]`, or `[up | gate]` without
+    `gate_first`. A shared expert, if any, adds its output."""
 
     num_experts: int
     top_k: int
@@ -162,6 +191,13 @@ class Moe:
     activation: Activation
     normalize_top_k: bool
     gate_first: bool = True
+    scoring: MoeScoring = MoeScoring.SOFTMAX
+    choice_bias: ChoiceBias = ChoiceBias.NONE
+    # a group's score is the sum of its two best experts' (biased) scores
+    num_groups: int = 1
+    top_k_groups: int = 1
+    routed_scale: float = 1.0
+    shared: SharedExpert | None = None
 
 
 ComponentSpec = Norm | Attention | Mlp | Moe

@@ -34,6 +34,11 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and float((a - b).abs().max()) <= ProbeTolerance * max(scale, 1.0)
 
 
+def matches(observed: torch.Tensor, candidate: torch.Tensor) -> bool:
+    """Whether a candidate reference's output equals the observed one (probe tolerance)."""
+    return _close(candidate, observed)
+
+
 def pick(
     what: str, observed: torch.Tensor, candidates: dict[str, Callable[[], torch.Tensor]]
 ) -> str:
