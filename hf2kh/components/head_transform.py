@@ -85,7 +85,7 @@ def recognize(
     norm = norm_component.recognize(G, norms[0], width)
     if norm.kind is not NormKind.LAYER or not (norm.bias and norm.scale):
         raise UnsupportedModelError(f"{norms[0]}: the head's norm is not a LayerNorm with bias")
-    if activation not in KERAS_ACTIVATIONS:
+    if activation not in KERAS_ACTIVATIONS and activation not in mlp_component.EXPRESSIONS:
         raise UnsupportedModelError(
             f"{dense}: the head's activation {activation.value} is not supported yet"
         )
@@ -105,12 +105,20 @@ def _within(scope: str, path: str) -> bool:
     return scope == path or scope.startswith(f"{path}.")
 
 
+def activation_function(transform: HeadTransform) -> tuple[str, str] | None:
+    """(name, expression of `x`) of the function the task module defines for an activation
+    keras has no name for (the tanh GELU, HF's `gelu_new`); None for a keras activation."""
+    if transform.activation in KERAS_ACTIVATIONS:
+        return None
+    return transform.activation.value, mlp_component.EXPRESSIONS[transform.activation]
+
+
 def args(transform: HeadTransform) -> list[Arg]:
     """The task's constructor arguments for its `MaskedLMHead`."""
     return [
         Arg(
             "head_activation",
-            KERAS_ACTIVATIONS[transform.activation],
+            KERAS_ACTIVATIONS.get(transform.activation, transform.activation.value),
             "str. Activation of the masked-LM head's dense transform.",
         ),
         Arg(

@@ -247,6 +247,15 @@ class Context:
             return classifier_head.args(head.num_classes, tuple(head.labels))
         return head_transform.args(head.transform) if head.transform else []
 
+    @property
+    def head_activation_function(self) -> tuple[str, str] | None:
+        """(name, body) of the masked-LM head's activation when keras has no name for it."""
+        transform = self.ir.head.transform
+        if transform is None or self.ir.head.task is not Task.MASKED_LM:
+            return None
+        found = head_transform.activation_function(transform)
+        return (found[0], found[1].format(x="x")) if found else None
+
     # -- constructor arguments -----------------------------------------------------------------
     @property
     def custom_scale(self) -> bool:
@@ -383,7 +392,13 @@ class Context:
         stem, head = self.ir.stem, self.ir.head
         args = [
             Arg("vocabulary_size", stem.vocab_size, "int. Size of the token vocabulary."),
-            Arg("num_layers", self.ir.num_layers, "int. Number of decoder blocks."),
+            Arg(
+                "num_layers",
+                self.ir.num_layers,
+                "int. Number of layers, each applying the one shared block."
+                if self.ir.shared_block
+                else "int. Number of decoder blocks.",
+            ),
         ]
         for arg in self.block_args:
             values = self.per_layer_args.get(arg.name)

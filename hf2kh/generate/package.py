@@ -145,6 +145,7 @@ def _op_text(op: dict) -> str:
 
 
 def _final_hidden_module(ctx: Context) -> str:
+    """The HF module whose last call returns the final hidden states."""
     ir = ctx.ir
     return ir.head.hf_final_norm or ir.block_path(ir.num_layers - 1)
 
@@ -159,7 +160,7 @@ def write_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None
     captured = {}
     module = hf_model.get_submodule(_final_hidden_module(ctx))
     handle = module.register_forward_hook(
-        lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out)
+        lambda m, a, out: captured.update(h=out[0] if isinstance(out, tuple) else out)
     )
     device = next(hf_model.parameters()).device
     try:
@@ -203,7 +204,7 @@ def write_encoder_reference(ctx: Context, hf_model: torch.nn.Module, path: Path)
     captured = {}
     module = hf_model.get_submodule(_final_hidden_module(ctx))
     handle = module.register_forward_hook(
-        lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out)
+        lambda m, a, out: captured.update(h=out[0] if isinstance(out, tuple) else out)
     )
     try:
         output = hf_forward(hf_model, inputs)

@@ -58,6 +58,12 @@ def _row_json(row: WeightRow) -> dict:
     return data
 
 
+def keras_block(ir: ModelIR, i: int) -> str:
+    """The Keras layer of layer `i`: `transformer_layer_<i>`, or the one `transformer_layer`
+    of a block shared by all layers."""
+    return "transformer_layer" if ir.shared_block else f"transformer_layer_{i}"
+
+
 def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTable:
     """Every Keras variable of the generated backbone and the HF tensor it is filled from: the
     stem's, each component's of each layer (rows made by the component's own module), the
@@ -97,15 +103,17 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         )
     if head.hf_output_projection is not None:
         rows.append(_dense(f"{head.hf_output_projection}.weight", hf_shapes, "output_projection"))
-    for i in range(ir.num_layers):
+    # a block shared by all layers has one set of weights, in one Keras layer
+    for i in range(1 if ir.shared_block else ir.num_layers):
         block = ir.block_type(i)
         prefix = ir.block_path(i)
+        layer = keras_block(ir, i)
 
         def hf(rel: str, prefix: str = prefix) -> str:
             return f"{prefix}.{rel}"
 
         for component in block.components:
-            keras = f"transformer_layer_{i}/{component.name}"
+            keras = f"{layer}/{component.name}"
             weights = dict(component.weights)
             spec = component.spec
             if isinstance(spec, Norm):
@@ -115,7 +123,7 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
                     spec, weights, hf, keras, hf_shapes, ir.stem.hidden_dim
                 )
             elif isinstance(spec, Mlp):
-                rows += mlp.weight_rows(spec, weights, hf, f"transformer_layer_{i}", hf_shapes)
+                rows += mlp.weight_rows(spec, weights, hf, layer, hf_shapes)
             elif isinstance(spec, Moe):
                 rows += moe.weight_rows(spec, weights, hf, keras, hf_shapes)
     if head.final_norm is not None:

@@ -4,6 +4,10 @@ Two blocks are the same when they have the same submodules, parameter shapes, sc
 (except their own index), the same recorded calls, and read the same shared inputs (masks,
 position embeddings). Blocks that differ (e.g. alternating local/global attention) are reported
 as separate variants with the differences spelled out.
+
+A model without numbered blocks may call one block module once per layer (ALBERT shares one
+block among all its layers): that module, called N times in a chain (each call reads what the
+previous one returned), is a shared group of N layers.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hf2kh.inspect.dataflow import calls_within
+from hf2kh.inspect.dataflow import PASSTHROUGH, calls_within, derives_from
 from hf2kh.inspect.graph import BlockGroup, BlockVariant, LayerGraph
 
 
@@ -113,4 +117,71 @@ def group_blocks(graph: LayerGraph) -> list[BlockGroup]:
                 ],
             )
         )
+    if not groups:
+        shared = shared_block(graph)
+        groups = [shared] if shared else []
     return groups
+
+
+def shared_block(graph: LayerGraph) -> BlockGroup | None:
+    """The module called once per layer when the model has no numbered blocks: the outermost
+    module with parameters called more than once, each call reading the previous call's output,
+    looked through wrappers that only call it (ALBERT's layer group around its one layer)."""
+    parents = {c: node.path for node in graph.modules for c in node.children}
+    repeated = {
+        node.path: node
+        for node in graph.modules
+        if node.path and len(node.calls) > 1 and node.param_names + _child_params(graph, node.path)
+    }
+
+    def outermost(path: str) -> bool:
+        parent = parents.get(path)
+        while parent:
+            if parent in repeated:
+                return False
+            parent = parents.get(parent)
+        return True
+
+    candidates = [p for p in repeated if outermost(p) and _chained(graph, repeated[p].calls)]
+    if not candidates:
+        return None
+    path = max(candidates, key=lambda p: len(repeated[p].calls))
+    path = _through_wrappers(graph, path)
+    node = graph.module(path)
+    return BlockGroup(
+        container=path,
+        indices=list(range(len(node.calls))),
+        class_name=node.class_name,
+        variants=[BlockVariant(list(range(len(node.calls))), [])],
+        shared=True,
+    )
+
+
+def _child_params(graph: LayerGraph, path: str) -> list[str]:
+    prefix = f"{path}."
+    return [p.name for p in graph.parameters if p.name.startswith(prefix)]
+
+
+def _chained(graph: LayerGraph, calls: list[int]) -> bool:
+    """Each call's first input derives from the previous call's first output."""
+    chain = [graph.calls[k] for k in calls]
+    return all(
+        b.inputs and a.outputs and derives_from(graph, b.inputs[0], a.outputs[0])
+        for a, b in zip(chain, chain[1:], strict=False)
+    )
+
+
+def _through_wrappers(graph: LayerGraph, path: str) -> str:
+    """Descend from `path` while it only calls one child module (as often as it is called) and
+    does nothing else but move data."""
+    own = [c for c in calls_within(graph, path) if c.scope == path]
+    modules = [c for c in own if c.kind == "module"]
+    if (
+        len({c.target for c in modules}) == 1
+        and len(modules) == 1
+        and all(c.target in PASSTHROUGH for c in own if c.kind == "function")
+    ):
+        child = modules[0].target
+        if len(graph.module(child).calls) == len(graph.module(path).calls):
+            return _through_wrappers(graph, child)
+    return path

@@ -14,7 +14,7 @@ JSON schema (`SCHEMA_VERSION` is bumped on any incompatible change; readers must
                    "children", "attributes", "calls"}],  # == named_modules(); "" = root
       "calls": [{"index", "kind", "target", "scope", "inputs", "outputs", "constants"}],
       "values": [{"id", "shape", "dtype", "source"}],
-      "block_groups": [{"container", "indices", "class_name", "variants"}]
+      "block_groups": [{"container", "indices", "class_name", "variants", "shared"}]
     }
 
 `calls` is the recorded sample forward in execution order. `kind` is "module" (a submodule's
@@ -89,14 +89,22 @@ class BlockVariant:
 
 @dataclass
 class BlockGroup:
+    """Blocks `container.0`, `container.1`, ...; or, when `shared`, the one module `container`
+    called once per layer (ALBERT's block shared by all layers), `indices` its calls in order."""
+
     container: str
     indices: list[int]
     class_name: str
     variants: list[BlockVariant]
+    shared: bool = False
 
     @property
     def identical(self) -> bool:
         return len(self.variants) == 1
+
+    def block(self, i: int) -> str:
+        """The module path of layer `i`."""
+        return self.container if self.shared else f"{self.container}.{i}"
 
 
 @dataclass
@@ -156,6 +164,7 @@ class LayerGraph:
                 indices=g["indices"],
                 class_name=g["class_name"],
                 variants=[BlockVariant(**v) for v in g["variants"]],
+                shared=g.get("shared", False),
             )
             for g in data["block_groups"]
         ]

@@ -368,6 +368,9 @@ class ModelIR:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # One block module called once per layer (ALBERT): `hf_block_container` is that module's
+    # path, every layer reads its one set of weights, and the port has one layer object too.
+    shared_block: bool = False
     evidence: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -375,7 +378,7 @@ class ModelIR:
         return len(self.layers)
 
     def block_path(self, i: int) -> str:
-        return f"{self.hf_block_container}.{i}"
+        return self.hf_block_container if self.shared_block else f"{self.hf_block_container}.{i}"
 
     def block_type(self, i: int) -> BlockType:
         return self.block_types[self.layers[i]]

@@ -58,10 +58,20 @@ def recognize_model(
     if not graph.block_groups:
         raise UnsupportedModelError("no repeated transformer blocks found")
     group = max(graph.block_groups, key=lambda g: len(g.indices))
-    blocks = [f"{group.container}.{i}" for i in group.indices]
+    blocks = [group.block(i) for i in group.indices]
     block0 = blocks[0]
+    if not group.shared and any(len(graph.module(b).calls) > 1 for b in blocks):
+        raise UnsupportedModelError(
+            f"the blocks {group.container}.N are each called more than once (layers sharing "
+            "blocks in groups): not supported yet"
+        )
+    if group.shared:
+        evidence.append(
+            f"one block {block0} ({group.class_name}) computes all {len(blocks)} layers: "
+            "called once per layer, each call reading the previous one's output"
+        )
     block_call = first_call(graph, block0)
-    last_block_call = first_call(graph, blocks[-1])
+    last_block_call = graph.calls[graph.module(blocks[-1]).calls[-1]]
 
     stem_modules = [
         c.target
@@ -145,7 +155,7 @@ def recognize_model(
         (group.container, *([head] if head else [])),
         length,
         projection=embedding_projection,
-        blocks=tuple(blocks),
+        blocks=tuple(dict.fromkeys(blocks)),
         norm=embedding_norm_path,
         tables=tuple(positions),
     )
@@ -193,7 +203,7 @@ def recognize_model(
     rope = None
     window_of: dict[int, int | None] = {}
     for variant_start, variant in first_of_variant.items():
-        path = f"{group.container}.{variant_start}"
+        path = group.block(variant_start)
         if rotary:
             rope = rope_component.recognize_table(
                 f"the rotary tables {path} receives",
@@ -215,7 +225,9 @@ def recognize_model(
             type_of_variant[i] = block_types.index(block)
     layers = [type_of_variant[i] for i in group.indices]
     evidence.append(
-        f"{len(blocks)} blocks {group.container}.N ({group.class_name}), "
+        f"{len(blocks)} layers of the shared block {group.container} ({group.class_name})"
+        if group.shared
+        else f"{len(blocks)} blocks {group.container}.N ({group.class_name}), "
         f"{len(block_types)} block type(s)"
     )
     for k, block in enumerate(block_types):
@@ -303,6 +315,10 @@ def recognize_model(
         )
 
     task = _task(block_types, transform, head, classifier is not None)
+    if group.shared and task is Task.CAUSAL_LM:
+        raise UnsupportedModelError(
+            f"a causal LM sharing one block {block0} among its layers: not supported yet"
+        )
     if task is Task.BASE:
         evidence.append("no head: a bare bidirectional encoder, ported as its backbone")
     if task is Task.MASKED_LM:
@@ -334,6 +350,7 @@ def recognize_model(
         revision=revision,
         hf_model_class=type(model).__name__,
         hf_block_container=group.container,
+        shared_block=group.shared,
         stem=Stem(
             vocab_size=vocab_size,
             hidden_dim=hidden_dim,
