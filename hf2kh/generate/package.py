@@ -10,7 +10,8 @@ import torch
 
 from hf2kh.generate import tokenizer as tok
 from hf2kh.generate.context import Context
-from hf2kh.generate.render import environment, render_package
+from hf2kh.generate.render import render_package
+from hf2kh.generate.tokenizer import preprocessor
 from hf2kh.generate.weight_map import WeightTable
 from hf2kh.ir import Task
 
@@ -29,22 +30,16 @@ def write_package(
     hf_tokenizer,
 ) -> list[Path]:
     directory.mkdir(parents=True)
-    if ctx.encoder:
-        # the text tasks' preprocessors (hf2kh.generate.tokenizer.preprocessor), the tokenizer
-        # naming its mask token
-        from hf2kh.generate.tokenizer import preprocessor
-
-        tasks = ctx.text_tasks
-        module = preprocessor.model_tokenizer_source(
-            ctx,
-            pad_fallback_id(ctx, hf_tokenizer),
-            header(ctx, "Tokenizer."),
-            mask_role=tasks == ["masked_lm"],
-        )
-        extra = preprocessor.text_preprocessing_sources(ctx, tasks)
-    else:
-        module, extra = tokenizer_module(ctx, pad_fallback_id(ctx, hf_tokenizer)), {}
-    extra[f"{ctx.package}_tokenizer.py"] = module
+    # the model's tokenizer (naming its mask token for a masked LM) and, for an encoder, the text
+    # tasks' preprocessors
+    tasks = ctx.text_tasks if ctx.encoder else []
+    extra = preprocessor.text_preprocessing_sources(ctx, tasks) if ctx.encoder else {}
+    extra[f"{ctx.package}_tokenizer.py"] = preprocessor.model_tokenizer_source(
+        ctx,
+        pad_fallback_id(ctx, hf_tokenizer),
+        header(ctx, "Tokenizer."),
+        mask_role=tasks == ["masked_lm"],
+    )
     written = render_package(ctx, directory, extra)
     assets = directory / "assets"
     assets.mkdir()
@@ -59,8 +54,6 @@ def write_package(
         write_reference(ctx, hf_model, testdata / "reference.npz")
     write_tokenizer_cases(ctx, hf_tokenizer, testdata / "tokenizer_ids.json")
     if ctx.encoder:
-        from hf2kh.generate.tokenizer import preprocessor
-
         cases = preprocessor.preprocessor_cases(
             hf_tokenizer, ctx.tokenizer, tok.tokenizer_test_corpus(ctx.tokenizer.special_tokens)
         )
@@ -76,37 +69,6 @@ def pad_fallback_id(ctx: Context, hf_tokenizer) -> int:
     spec = ctx.tokenizer
     taken = {hf_tokenizer.convert_tokens_to_ids(t) for t in (spec.bos_token, spec.eos_token) if t}
     return next(i for i in range(len(taken) + 1) if i not in taken)
-
-
-def tokenizer_module(ctx: Context, pad_fallback: int) -> str:
-    """The tokenizer file: the exact-pipeline base class for this tokenizer kind, then the model's
-    tokenizer, which names its special tokens the way KerasHub's model tokenizers do."""
-    spec = ctx.tokenizer
-    base = tok.tokenizer_module_source(
-        spec, f"{ctx.prefix}TokenizerBase", header=header(ctx, "Tokenizer.")
-    )
-    # A pad token that is also the end token would stop KerasHub's samplers at once: padding is
-    # masked anyway, so such a checkpoint gets the fallback pad id instead.
-    pad = spec.pad_token if spec.pad_token != spec.eos_token else None
-    all_roles = (
-        ("start_token", spec.bos_token),
-        ("end_token", spec.eos_token),
-        ("pad_token", pad),
-    )
-    roles = [(role, token) for role, token in all_roles if token is not None]
-    missing = [f"{role}_id" for role, token in all_roles if token is None]
-    lines = base.splitlines()
-    anchor = next(i for i, line in enumerate(lines) if line.startswith("import keras_hub"))
-    lines[anchor + 1 : anchor + 1] = [
-        "import keras",
-        f"from {ctx.import_prefix}{ctx.package}_backbone import {ctx.prefix}Backbone",
-    ]
-    subclass = (
-        environment()
-        .get_template("tokenizer_roles.py.jinja")
-        .render(ctx=ctx, roles=roles, missing=missing, pad_fallback=pad_fallback)
-    )
-    return "\n".join(lines) + "\n" + subclass
 
 
 def weights_markdown(ctx: Context, table: WeightTable) -> str:
@@ -152,7 +114,8 @@ def _final_hidden_module(ctx: Context) -> str:
 
 def write_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None:
     """HF's outputs on a fixed padded batch and a greedy continuation, for the package's tests."""
-    from hf2kh.verify.decoder import Case, hf_greedy, make_inputs
+    from hf2kh.verify.decoder import hf_greedy
+    from hf2kh.verify.layer_checks import Case, make_inputs
 
     vocab = ctx.ir.stem.vocab_size
     limit = ctx.max_positions or 4096
@@ -189,8 +152,8 @@ def write_encoder_reference(ctx: Context, hf_model: torch.nn.Module, path: Path)
     """HF's last hidden states and its task's logits (masked-LM logits at a few masked positions,
     or class logits) on a fixed padded batch (with random segment ids when the model has token
     types), for the package's tests."""
-    from hf2kh.verify.decoder import Case, make_inputs
     from hf2kh.verify.encoder import hf_forward
+    from hf2kh.verify.layer_checks import Case, make_inputs
 
     ir = ctx.ir
     limit = ctx.max_positions or 4096

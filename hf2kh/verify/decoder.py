@@ -12,95 +12,22 @@ import numpy as np
 import torch
 
 from hf2kh.verify.compare import TOLERANCES, Comparison, compare
+from hf2kh.verify.layer_checks import (
+    GREEDY_SEED,
+    INPUT_SEEDS,
+    Case,
+    HFRecorder,
+    as_check,
+    default_cases,
+    first_divergence,
+    layer_check,
+    layer_outputs_model,
+    make_inputs,
+    to_numpy,
+    worst,
+)
 from hf2kh.verify.report import Check, VerifyReport
 from hf2kh.verify.sublayers import MODES, HFPointRecorder, KerasPointRecorder, Point, same_shape
-
-
-@dataclass(frozen=True)
-class Case:
-    """One input batch: `lengths[i]` real tokens in row i, right-padded to `max(lengths)`."""
-
-    lengths: tuple[int, ...]
-
-
-# The sample batches are drawn with these seeds, one per case; the greedy prompts with GREEDY_SEED.
-INPUT_SEEDS = (0, 1, 2)
-GREEDY_SEED = 99
-
-
-def default_cases(max_positions: int | None) -> list[Case]:
-    cases = [Case((5,)), Case((13, 9)), Case((24, 17, 3))]
-    if max_positions:
-        cases = [Case(tuple(min(n, max_positions) for n in c.lengths)) for c in cases]
-    return cases
-
-
-def make_inputs(case: Case, vocab_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    length = max(case.lengths)
-    token_ids = rng.integers(0, vocab_size, size=(len(case.lengths), length)).astype("int32")
-    padding_mask = np.zeros_like(token_ids)
-    for row, n in enumerate(case.lengths):
-        padding_mask[row, :n] = 1
-        token_ids[row, n:] = 0
-    return token_ids, padding_mask
-
-
-class HFRecorder:
-    """Captures each HF block's input hidden states and output with forward hooks."""
-
-    def __init__(self, model: torch.nn.Module, block_paths: list[str]):
-        self.inputs: list[torch.Tensor] = []
-        self.outputs: list[torch.Tensor] = []
-        self._handles = []
-        for path in block_paths:
-            module = model.get_submodule(path)
-            self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._post))
-
-    def _pre(self, module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.inputs.append(hidden.detach().float().cpu())
-
-    def _post(self, module, args, output):
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
-        self.outputs.append(hidden.detach().float().cpu())
-
-    def close(self):
-        for h in self._handles:
-            h.remove()
-
-
-def _numpy(x) -> np.ndarray:
-    import keras
-
-    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
-
-
-def _check(c: Comparison, group: str, detail: str = "") -> Check:
-    text = detail or (f"worst at {list(c.worst_index)}" if c.worst_index else "")
-    return Check(
-        c.name, group, c.passed, text, c.max_abs, c.rel_rms, c.worst_index, c.rel_elementwise
-    )
-
-
-def _worst(comparisons: list[Comparison]) -> Comparison:
-    return max(comparisons, key=lambda c: c.rel_elementwise)
-
-
-def _layer_check(end_to_end: Comparison, alone: Comparison, path: str) -> Check:
-    """A layer passes when its end-to-end output is within tolerance, or when it deviates only by
-    error accumulated upstream: the same block on HF's own input is within tolerance. (Deep real
-    models amplify float32 rounding from layer to layer; the block-alone check is what tells a
-    wrong block from that. The logits are still held to the tolerance on their own.)"""
-    check = _check(end_to_end, "layers", f"vs HF {path}")
-    if not end_to_end.passed and alone.passed:
-        check.passed = True
-        check.detail = (
-            f"vs HF {path}: accumulated upstream rounding; the block alone is within tolerance "
-            f"({alone.rel_elementwise:.1e})"
-        )
-    return check
 
 
 def verify_decoder(
@@ -130,9 +57,7 @@ def verify_decoder(
     backbone = causal_lm.backbone
     vocab = backbone.vocabulary_size
     cases = cases or default_cases(getattr(backbone, "max_sequence_length", None))
-    layer_model = keras.Model(
-        backbone.input, [layer.output for layer in backbone.transformer_layers]
-    )
+    layer_model = layer_outputs_model(backbone)
     per_layer: list[list[Comparison]] = [[] for _ in block_paths]
     alone: list[list[Comparison]] = [[] for _ in block_paths]
     embeds: list[Comparison] = []
@@ -161,12 +86,12 @@ def verify_decoder(
         keras_points.mode = MODES[0]
         keras_layers = layer_model(inputs)
         keras_points.mode = None
-        keras_logits = _numpy(causal_lm(inputs))
+        keras_logits = to_numpy(causal_lm(inputs))
         embeds.append(
             compare(
                 "embeddings",
                 recorder.inputs[0].numpy(),
-                _numpy(backbone.embed(token_ids)),
+                to_numpy(backbone.embed(token_ids)),
                 valid,
                 tolerance,
             )
@@ -174,7 +99,7 @@ def verify_decoder(
         for i, layer in enumerate(backbone.transformer_layers):
             hf_out = recorder.outputs[i].numpy()
             per_layer[i].append(
-                compare(layer.name, hf_out, _numpy(keras_layers[i]), valid, tolerance)
+                compare(layer.name, hf_out, to_numpy(keras_layers[i]), valid, tolerance)
             )
             keras_points.mode = MODES[1]
             block_alone = layer(
@@ -182,20 +107,20 @@ def verify_decoder(
             )
             keras_points.mode = None
             alone[i].append(
-                compare(f"{layer.name} alone", hf_out, _numpy(block_alone), valid, tolerance)
+                compare(f"{layer.name} alone", hf_out, to_numpy(block_alone), valid, tolerance)
             )
         logits.append(compare("logits", hf_logits, keras_logits, valid, tolerance))
         _compare_points(points, hf_points, keras_points, valid, tolerance, point_results)
     keras_points.close()
 
     shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
-    report.checks.append(_check(_worst(embeds), "layers"))
+    report.checks.append(as_check(worst(embeds), "layers"))
     for i, path in enumerate(block_paths):
-        report.checks.append(_layer_check(_worst(per_layer[i]), _worst(alone[i]), path))
+        report.checks.append(layer_check(worst(per_layer[i]), worst(alone[i]), path))
     for i, path in enumerate(block_paths):
-        report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
-    report.checks.append(_check(_worst(logits), "logits", f"batches {shapes}, right padding"))
-    report.first_divergence = _first_divergence(report.checks, block_paths)
+        report.checks.append(as_check(worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
+    report.checks.append(as_check(worst(logits), "logits", f"batches {shapes}, right padding"))
+    report.first_divergence = first_divergence(report.checks, block_paths)
     located = _localize(report.checks, sublayers or [], keras_points.order, point_results)
     report.checks.extend(located)
     if located and report.first_divergence:
@@ -233,7 +158,7 @@ def _localize(checks, sublayers, order, results) -> list[Check]:
     `hf2kh.verify.sublayers`) and are left out."""
     by_name = {c.name: c for c in checks}
     rank = {path: n for n, path in enumerate(order)}
-    worst = {key: _worst(found) for key, found in results.items()}
+    per_key = {key: worst(found) for key, found in results.items()}
     passing_blocks = {
         i
         for i, layer_points in enumerate(sublayers)
@@ -243,7 +168,7 @@ def _localize(checks, sublayers, order, results) -> list[Check]:
         p.relative
         for i in passing_blocks
         for p in sublayers[i]
-        if (c := worst.get((MODES[1], p.keras_path))) is not None and not c.passed
+        if (c := per_key.get((MODES[1], p.keras_path))) is not None and not c.passed
     }
     located = []
     for i, layer_points in enumerate(sublayers):
@@ -258,19 +183,19 @@ def _localize(checks, sublayers, order, results) -> list[Check]:
         for mode in MODES:
             first = next(
                 (
-                    (p, worst[(mode, p.keras_path)])
+                    (p, per_key[(mode, p.keras_path)])
                     for p in usable
-                    if (mode, p.keras_path) in worst and not worst[(mode, p.keras_path)].passed
+                    if (mode, p.keras_path) in per_key and not per_key[(mode, p.keras_path)].passed
                 ),
                 None,
             )
             if first is None:
                 continue
             point, c = first
-            starts = mode == MODES[1] or not worst.get((MODES[1], point.keras_path), c).passed
+            starts = mode == MODES[1] or not per_key.get((MODES[1], point.keras_path), c).passed
             where = "the error starts here" if starts else "the error accumulates from upstream"
             located.append(
-                _check(
+                as_check(
                     Comparison(
                         f"{point.keras_path} ({mode})",
                         c.max_abs,
@@ -285,27 +210,6 @@ def _localize(checks, sublayers, order, results) -> list[Check]:
                 )
             )
     return located
-
-
-def _first_divergence(checks: list[Check], block_paths: list[str]) -> str | None:
-    by_name = {c.name: c for c in checks}
-    for c in checks:
-        if c.group == "layers" and not c.passed:
-            if c.name == "embeddings":
-                return "embeddings: the token/position embedding differs before any block"
-            alone = by_name.get(f"{c.name} alone")
-            index = int(c.name.rpartition("_")[2])
-            where = f"{c.name} (HF {block_paths[index]})"
-            if alone is not None and not alone.passed:
-                return f"{where}: wrong on its own inputs too, so this block's code is at fault"
-            return f"{where}: correct on HF's inputs, so the error accumulates from earlier layers"
-    logits = by_name.get("logits")
-    if logits is not None and not logits.passed:
-        return (
-            "logits: every block matches on HF's inputs, so the final norm or LM head differs "
-            "(or upstream rounding grew past the tolerance)"
-        )
-    return None
 
 
 def hf_greedy(hf_model, prompt: np.ndarray, new_tokens: int, with_scale: bool = False):
@@ -414,7 +318,7 @@ def _greedy_check(hf_model, causal_lm, vocab: int, new_tokens: int, tolerance: f
         )
     finally:
         causal_lm.preprocessor = preprocessor
-    generated = _numpy(output["token_ids"]).astype(int)
+    generated = to_numpy(output["token_ids"]).astype(int)
     rows = []
     for row, prompt in enumerate(prompts):
         n = prompt.shape[1]
@@ -435,7 +339,7 @@ def _tokenizer_checks(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Che
     mismatches = []
     for text in corpus:
         expected = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
-        got = _numpy(tokenizer(text)).astype(int).tolist()
+        got = to_numpy(tokenizer(text)).astype(int).tolist()
         if got != expected:
             mismatches.append(text)
     checks = [
@@ -449,8 +353,8 @@ def _tokenizer_checks(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Che
     text = corpus[0]
     expected = hf_tokenizer(text)["input_ids"]
     packed = preprocessor.generate_preprocess([text], sequence_length=len(expected) + 4)
-    ids = _numpy(packed["token_ids"]).astype(int)[0]
-    mask = _numpy(packed["padding_mask"])[0].astype(bool)
+    ids = to_numpy(packed["token_ids"]).astype(int)[0]
+    mask = to_numpy(packed["padding_mask"])[0].astype(bool)
     got = ids[mask].tolist()
     checks.append(
         Check(

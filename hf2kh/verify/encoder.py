@@ -15,16 +15,18 @@ import numpy as np
 import torch
 
 from hf2kh.verify.compare import TOLERANCES, Comparison, compare
-from hf2kh.verify.decoder import (
+from hf2kh.verify.layer_checks import (
     Case,
     HFRecorder,
-    _check,
-    _first_divergence,
-    _layer_check,
-    _numpy,
-    _worst,
+    as_check,
     default_cases,
+    first_divergence,
+    layer_check,
+    layer_outputs_model,
     make_inputs,
+    named_layers,
+    to_numpy,
+    worst,
 )
 from hf2kh.verify.report import Check, VerifyReport
 
@@ -84,9 +86,7 @@ def verify_masked_lm(
     if masked_lm is not None:  # a task; else a bare encoder's `backbone` and `preprocessor`
         backbone, preprocessor = masked_lm.backbone, masked_lm.preprocessor
     cases = cases or default_cases(getattr(backbone, "max_sequence_length", None))
-    layer_model = keras.Model(
-        backbone.input, [layer.output for layer in backbone.transformer_layers]
-    )
+    layer_model = layer_outputs_model(backbone)
     per_layer: list[list[Comparison]] = [[] for _ in block_paths]
     alone: list[list[Comparison]] = [[] for _ in block_paths]
     embeds: list[Comparison] = []
@@ -96,31 +96,37 @@ def verify_masked_lm(
         inputs = encoder_inputs(backbone, case, seed)
         valid = inputs["padding_mask"].astype(bool)
         recorder = HFRecorder(hf_model, block_paths)
+        # the backbone's output: after a final norm, where the model has one (ModernBERT)
+        hf_backbone: list[torch.Tensor] = []
+        hook = hf_model.base_model.register_forward_hook(
+            lambda module, args, out, found=hf_backbone: found.append(_hidden_states(out))
+        )
         try:
             hf_output = hf_forward(hf_model, inputs)
         finally:
             recorder.close()
+            hook.remove()
         keras_layers = layer_model(inputs)
         segments = [inputs["segment_ids"]] if "segment_ids" in inputs else []
-        embedded = _numpy(backbone.embed(inputs["token_ids"], *segments))
+        embedded = to_numpy(backbone.embed(inputs["token_ids"], *segments))
         embeds.append(compare("embeddings", recorder.inputs[0].numpy(), embedded, valid, tolerance))
-        for i, layer in enumerate(backbone.transformer_layers):
+        for i, (layer_name, layer) in enumerate(named_layers(backbone)):
             hf_out = recorder.outputs[i].numpy()
             per_layer[i].append(
-                compare(layer.name, hf_out, _numpy(keras_layers[i]), valid, tolerance)
+                compare(layer_name, hf_out, to_numpy(keras_layers[i]), valid, tolerance)
             )
             block_alone = layer(
                 keras.ops.convert_to_tensor(recorder.inputs[i].numpy()),
                 padding_mask=inputs["padding_mask"],
             )
             alone[i].append(
-                compare(f"{layer.name} alone", hf_out, _numpy(block_alone), valid, tolerance)
+                compare(f"{layer_name} alone", hf_out, to_numpy(block_alone), valid, tolerance)
             )
         outputs.append(
             compare(
                 "backbone output",
-                recorder.outputs[-1].numpy(),
-                _numpy(backbone(inputs)),
+                hf_backbone[0].detach().float().cpu().numpy(),
+                to_numpy(backbone(inputs)),
                 valid,
                 tolerance,
             )
@@ -130,19 +136,26 @@ def verify_masked_lm(
             logits.append(_task_logits(masked_lm, inputs, hf_logits, valid, tolerance))
 
     shapes = ", ".join("x".join(map(str, (len(c.lengths), max(c.lengths)))) for c in cases)
-    report.checks.append(_check(_worst(embeds), "layers"))
+    report.checks.append(as_check(worst(embeds), "layers"))
     for i, path in enumerate(block_paths):
-        report.checks.append(_layer_check(_worst(per_layer[i]), _worst(alone[i]), path))
+        report.checks.append(layer_check(worst(per_layer[i]), worst(alone[i]), path))
     for i, path in enumerate(block_paths):
-        report.checks.append(_check(_worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
+        report.checks.append(as_check(worst(alone[i]), "blocks", f"on HF {path}'s recorded input"))
     padded = f"batches {shapes}, right padding (non-padded positions compared)"
-    report.checks.append(_check(_worst(outputs), "outputs", padded))
+    report.checks.append(as_check(worst(outputs), "outputs", padded))
     if logits:
         where = "every position; " if logits[0].name == "masked-LM logits" else ""
-        report.checks.append(_check(_worst(logits), "logits", f"{where}{padded}"))
-    report.first_divergence = _first_divergence(report.checks, block_paths)
+        report.checks.append(as_check(worst(logits), "logits", f"{where}{padded}"))
+    report.first_divergence = first_divergence(report.checks, block_paths)
     report.checks.extend(_tokenizer_ids(hf_tokenizer, preprocessor, corpus))
     return report
+
+
+def _hidden_states(output) -> torch.Tensor:
+    """The hidden states a transformers base model returns (a `ModelOutput` or a tuple)."""
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output.last_hidden_state
 
 
 def _task_logits(task, inputs, hf_logits, valid, tolerance) -> Comparison:
@@ -150,8 +163,8 @@ def _task_logits(task, inputs, hf_logits, valid, tolerance) -> Comparison:
     ones compared), or a classifier's class logits (one row per text)."""
     if "mask_positions" in task.input:
         masked = {**inputs, "mask_positions": all_positions(inputs["token_ids"])}
-        return compare("masked-LM logits", hf_logits, _numpy(task(masked)), valid, tolerance)
-    return compare("class logits", hf_logits, _numpy(task(inputs)), None, tolerance)
+        return compare("masked-LM logits", hf_logits, to_numpy(task(masked)), valid, tolerance)
+    return compare("class logits", hf_logits, to_numpy(task(inputs)), None, tolerance)
 
 
 def _tokenizer_ids(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Check]:
@@ -161,7 +174,7 @@ def _tokenizer_ids(hf_tokenizer, preprocessor, corpus: list[str]) -> list[Check]
     mismatches = [
         text
         for text in corpus
-        if _numpy(preprocessor.tokenizer(text)).astype(int).tolist()
+        if to_numpy(preprocessor.tokenizer(text)).astype(int).tolist()
         != hf_tokenizer(text, add_special_tokens=False)["input_ids"]
     ]
     detail = "identical" if not mismatches else f"differs on {mismatches[0]!r}"

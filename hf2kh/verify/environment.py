@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-from hf2kh.verify.decoder import GREEDY_SEED, INPUT_SEEDS
+from hf2kh.verify.layer_checks import GREEDY_SEED, INPUT_SEEDS
 
 PACKAGES = ("torch", "transformers", "keras", "keras-hub", "numpy", "jax", "jaxlib", "tensorflow")
 
