@@ -326,6 +326,13 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_key_value_heads": LAYOUT,
         "rope_parameters.rope_type": DEFAULT,
     },
+    "modernbert": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_hidden_layers": INVALID,  # layer_types lists 4 layers
+        "rope_parameters.full_attention.rope_type": DEFAULT,
+        "rope_parameters.sliding_attention.rope_type": DEFAULT,
+    },
     "mistral": {
         "head_dim": LAYOUT,
         "hidden_size": LAYOUT,

@@ -44,6 +44,7 @@ OPS = PASSTHROUGH | {
     "type",
     "where",
     "broadcast_to",  # k/v repeated up to the query heads (Falcon), as `expand`
+    "unbind",  # a fused q/k/v viewed as (..., 3, heads, head_dim) and unbound (ModernBERT)
 }
 
 # The constructor argument holding the score softcap, when the model has one.

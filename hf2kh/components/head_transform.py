@@ -47,7 +47,6 @@ def recognize(
         and G.is_projection(c.target)
         and G.derives(head_in, G.out(c.target))
         and G.derives(G.inp(c.target), hidden)
-        and "bias" in G.own_params(c.target)
     ]
     if not dense:
         return None, []
@@ -83,8 +82,8 @@ def recognize(
         )
     width = G.own_params(dense)["weight"][0]
     norm = norm_component.recognize(G, norms[0], width)
-    if norm.kind is not NormKind.LAYER or not (norm.bias and norm.scale):
-        raise UnsupportedModelError(f"{norms[0]}: the head's norm is not a LayerNorm with bias")
+    if norm.kind is not NormKind.LAYER or not norm.scale:
+        raise UnsupportedModelError(f"{norms[0]}: the head's norm is not a LayerNorm with a weight")
     if activation not in KERAS_ACTIVATIONS and activation not in mlp_component.EXPRESSIONS:
         raise UnsupportedModelError(
             f"{dense}: the head's activation {activation.value} is not supported yet"
@@ -98,7 +97,9 @@ def recognize(
         f"head transform: {dense} ({width} wide), {activation.value}, {norms[0]} "
         f"({norm_component.describe(norm)})"
     )
-    return HeadTransform(dense, width, activation, norm, norms[0]), explained
+    bias = "bias" in G.own_params(dense)
+    transform = HeadTransform(dense, width, activation, norm, norms[0], dense_bias=bias)
+    return transform, explained
 
 
 def _within(scope: str, path: str) -> bool:
@@ -134,10 +135,9 @@ def weight_rows(transform: HeadTransform, bias: str | None, shapes) -> list[Weig
     HF parameter holding it)."""
     name = f"{transform.hf_dense}.weight"
     shape = tuple(shapes[name])
-    rows = [
-        WeightRow(name, shape, f"{DENSE}/kernel", shape[::-1], ({"op": "transpose"},)),
-        _same(f"{transform.hf_dense}.bias", shapes, f"{DENSE}/bias"),
-    ]
+    rows = [WeightRow(name, shape, f"{DENSE}/kernel", shape[::-1], ({"op": "transpose"},))]
+    if transform.dense_bias:
+        rows.append(_same(f"{transform.hf_dense}.bias", shapes, f"{DENSE}/bias"))
     rows += norm_component.weight_rows(transform.norm, transform.hf_norm, NORM, shapes)
     if bias is None:
         raise UnsupportedModelError("a masked-LM head without a bias is not supported yet")

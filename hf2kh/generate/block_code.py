@@ -32,10 +32,17 @@ class BlockCode:
                 layer = self.ctx.norm_layer(
                     spec, "self.layer_norm_epsilon", component.name, "self.dtype_policy"
                 )
-                lines += [
+                built = [
                     f"self.{component.name} = {layer}",
                     f"self.{component.name}.build({self.shape})",
                 ]
+                if component.name in self.ctx.optional_norms:  # not in every layer
+                    built = [
+                        f"self.{component.name} = None",
+                        f"if self.use_{component.name}:",
+                        *(f"    {line}" for line in built),
+                    ]
+                lines += built
             elif isinstance(spec, Attention):
                 lines += self._attention_build(component.name)
             elif isinstance(spec, (Mlp, Moe)):
@@ -133,6 +140,11 @@ class BlockCode:
                 ]
             elif isinstance(spec, Mlp):
                 lines.append(f"{step.out} = self._feedforward({source})")
+            elif step.component in self.ctx.optional_norms:
+                lines.append(
+                    f"{step.out} = self.{step.component}({source}) "
+                    f"if self.use_{step.component} else {source}"
+                )
             else:
                 lines.append(f"{step.out} = self.{step.component}({source})")
         return lines

@@ -24,7 +24,18 @@ from hf2kh.components import softcap as softcap_component
 from hf2kh.components.base import Arg, merge_args
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.block_code import BlockCode
-from hf2kh.ir import Attention, Mlp, ModelIR, Moe, Norm, NormKind, Positions, Scale, Task
+from hf2kh.ir import (
+    Attention,
+    Let,
+    Mlp,
+    ModelIR,
+    Moe,
+    Norm,
+    NormKind,
+    Positions,
+    Scale,
+    Task,
+)
 
 # The task class suffix of each task (`<Prefix>CausalLM`...), KerasHub's names.
 TASK_CLASSES = {
@@ -56,7 +67,12 @@ class Context:
     def __post_init__(self) -> None:
         # Block types that differ only in constructor values (Gemma 3's rope theta per layer
         # type) are one block class, each layer built with its own values (`per_layer_args`).
-        shapes = {_without_values(b, self.rope) for b in self.ir.block_types}
+        # A block type without some norm steps of another (ModernBERT's first layer does not
+        # normalize the attention's input) is that block with those norms left out
+        # (`use_<norm>`, `optional_norms`).
+        shapes = {
+            _without_values(_with_norms_of(b, self.block), self.rope) for b in self.ir.block_types
+        }
         if len(shapes) != 1:
             raise UnsupportedModelError(
                 f"{len(self.ir.block_types)} structurally different block types; "
@@ -83,7 +99,19 @@ class Context:
 
     @property
     def block(self):
-        return self.ir.block_types[0]
+        """The block type the block class is printed from: the one with the most steps (the
+        others are it with some norms left out, `optional_norms`)."""
+        return max(self.ir.block_types, key=lambda b: len(b.steps))
+
+    @property
+    def optional_norms(self) -> list[str]:
+        """Norm layers of the block that some layers do not have (`use_<name>` says which)."""
+        present = [{c.name for c in b.components} for b in self.ir.block_types]
+        return [
+            c.name
+            for c in self.block.components
+            if isinstance(c.spec, Norm) and not all(c.name in names for names in present)
+        ]
 
     @property
     def attention(self) -> Attention:
@@ -256,6 +284,23 @@ class Context:
         found = head_transform.activation_function(transform)
         return (found[0], found[1].format(x="x")) if found else None
 
+    @property
+    def bias_free_head(self) -> bool:
+        """The masked-LM head's dense or norm has no bias: the package subclasses KerasHub's
+        `MaskedLMHead`, which has both."""
+        transform = self.ir.head.transform
+        return (
+            self.ir.head.task is Task.MASKED_LM
+            and transform is not None
+            and not (transform.dense_bias and transform.norm.bias)
+        )
+
+    @property
+    def masked_lm_head_class(self) -> str:
+        if self.bias_free_head:
+            return f"{self.prefix}MaskedLMHead"
+        return "keras_hub.layers.MaskedLMHead"
+
     # -- constructor arguments -----------------------------------------------------------------
     @property
     def custom_scale(self) -> bool:
@@ -333,6 +378,10 @@ class Context:
         if self.rope_per_layer:
             doc = "bool. Whether the layer rotates queries and keys (rope)."
             groups.append([Arg("use_rope", attention.rope is not None, doc)])
+        for name in self.optional_norms:
+            doc = f"bool. Whether the layer has `{name}` (else that step passes its input on)."
+            present = any(c.name == name for c in block.components)
+            groups.append([Arg(f"use_{name}", present, doc)])
         for step in block.steps:
             if isinstance(step, Scale):
                 groups.append(scale_component.args(step.name, step.input, step.factor))
@@ -551,6 +600,34 @@ class Context:
                 values = [min(v, 4) if v else v for v in values]
             config[f"{name}s"] = values
         return config
+
+
+def _with_norms_of(block, full):
+    """`block` as the block type `full` when it is `full` with some norm steps left out (each
+    passing its input on); else `block` itself."""
+    have = {c.name for c in block.components}
+    dropped = {c.name for c in full.components if isinstance(c.spec, Norm)} - have
+    if not dropped or not have <= {c.name for c in full.components}:
+        return block
+    renamed: dict[str, str] = {}
+    steps = []
+    for step in full.steps:
+        inputs = getattr(step, "inputs", None)
+        if isinstance(step, Let) and step.component in dropped:
+            renamed[step.out] = renamed.get(step.inputs[0], step.inputs[0])
+            continue
+        if inputs is not None:
+            step = dataclasses.replace(step, inputs=tuple(renamed.get(v, v) for v in inputs))
+        else:
+            step = dataclasses.replace(step, input=renamed.get(step.input, step.input))
+        renamed.pop(step.out, None)
+        steps.append(step)
+    without = dataclasses.replace(
+        full,
+        components=tuple(c for c in full.components if c.name not in dropped),
+        steps=tuple(steps),
+    )
+    return full if _without_values(without, None) == _without_values(block, None) else block
 
 
 def _without_values(block, rope):

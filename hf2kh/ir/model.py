@@ -326,6 +326,7 @@ class HeadTransform:
     activation: Activation
     norm: Norm
     hf_norm: str
+    dense_bias: bool = True  # False: the dense has no bias (ModernBERT's `head.dense`)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ def _hidden_of(args, kwargs) -> torch.Tensor:
 @dataclass(frozen=True)
 class Reach:
     """Which positions one block's output reads: every position (bidirectional, an encoder), or
-    the earlier ones, all of them (`window` None) or the last `window` (itself included)."""
+    the earlier ones, all of them (`window` None) or the last `window` (itself included).
+    Bidirectional with a `window`: the positions less than `window` away on either side."""
 
     causal: bool
     window: int | None = None
@@ -71,6 +72,8 @@ def attention_reach(model: torch.nn.Module, path: str, inputs, length: int) -> R
     everything = list(range(length))
     if all(keys == everything for keys in read.values()):
         return Reach(causal=False)
+    if any(keys and keys[-1] > q for q, keys in read.items()):
+        return _bidirectional_window(path, read, length)
     reach = {}
     for q, keys in read.items():
         if not keys or keys != list(range(keys[0], q + 1)):
@@ -83,6 +86,22 @@ def attention_reach(model: torch.nn.Module, path: str, inputs, length: int) -> R
     if any(r != min(window, q + 1) for q, r in reach.items()):
         raise UnsupportedModelError(f"{path}: the positions it reads are not one sliding window")
     return Reach(causal=True, window=None if window >= length else window)
+
+
+def _bidirectional_window(path: str, read: dict[int, list[int]], length: int) -> Reach:
+    """A block whose positions read later ones too, but not every one: each position `q` must
+    read exactly the positions `k` with `|q - k| < window` (ModernBERT's local layers)."""
+    middle = length // 2
+    keys = read[middle]
+    window = middle - keys[0] + 1 if keys else 0
+    for q, found in read.items():
+        expected = list(range(max(0, q - window + 1), min(length, q + window)))
+        if window < 1 or found != expected:
+            raise UnsupportedModelError(
+                f"{path}: position {q} reads positions {found[:3]}...{found[-3:]}, neither every "
+                "position, all earlier ones nor a sliding window"
+            )
+    return Reach(causal=False, window=window)
 
 
 def rotary_tables(inputs, length: int) -> list[torch.Tensor]:

@@ -145,7 +145,12 @@ def recognize_model(
             head = classifier.head
 
     # -- what each block receives: masks, rotary tables (a CPU run of the stem) -----------------
-    windows = [v for k, v in vars(config).items() if "window" in k and type(v) is int]
+    # probed on more tokens than any window the config may hold spans (only the probe's length:
+    # what a block reads is measured); a bidirectional one (ModernBERT's `local_attention`) spans
+    # twice its half-width
+    windows = [
+        v for k, v in vars(config).items() if ("window" in k or "local" in k) and type(v) is int
+    ]
     length = min(max([64, *(2 * w + 1 for w in windows)]), 8193)
     stem = probes.run_stem(
         model,
@@ -214,9 +219,14 @@ def recognize_model(
         window = reach.window
         for i in variant.indices:
             window_of[i] = window
-        if window is not None:
+        if window is not None and not reach.causal:
+            evidence.append(
+                f"{path}: every position reads the positions less than {window} away on either "
+                "side (a bidirectional sliding window, probed)"
+            )
+        elif window is not None:
             evidence.append(f"{path}: attends to a sliding window of {window} tokens (probed)")
-        if not reach.causal:
+        elif not reach.causal:
             evidence.append(f"{path}: every position reads every other (bidirectional, probed)")
         block = recognize_block(G, path, hidden_dim, rope, evidence, causal=reach.causal)
         if block not in block_types:
