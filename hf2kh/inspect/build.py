@@ -95,19 +95,50 @@ def build_graph(config, trust_remote_code: bool = False) -> LayerGraph:
     return build_graph_and_model(config, trust_remote_code)[0]
 
 
+# A model whose sample forward cannot run on `meta` (data-dependent code: `.item()`, `nonzero`,
+# a cache it queries) is recorded on the CPU instead, with random weights, when it is at most this
+# many parameters (1.2 GB in float32); a larger one is refused with the meta device's error.
+CPU_FALLBACK_MAX_PARAMS = 300_000_000
+
+
 def build_graph_and_model(config, trust_remote_code: bool = False):
-    """The layer graph and the meta-device model it was recorded from (for probes)."""
+    """The layer graph and the meta-device model (for probes), the graph recorded from the same
+    model on `meta`, or on the CPU when its forward cannot run on `meta` and it is small."""
     model = instantiate(config, "meta", trust_remote_code=trust_remote_code)
     inputs = sample_inputs(config, "meta")
     try:
         with _meta_mask_checks():
             recording, _ = record_forward(model, inputs)
     except Exception as exc:  # noqa: BLE001 - a model whose forward cannot run on meta
-        raise UnsupportedModelError(
+        meta_error = (
             f"the sample forward of {type(model).__name__} failed on the meta device: "
             f"{_one_line(exc)}"
-        ) from exc
+        )
+        size = sum(p.numel() for p in model.parameters())
+        if size > CPU_FALLBACK_MAX_PARAMS:
+            raise UnsupportedModelError(
+                f"{meta_error} (too large, {size:,} parameters, to record on the CPU instead)"
+            ) from exc
+        return _record_on_cpu(model, config, trust_remote_code, meta_error), model
     return graph_from_model(model, config, inputs, recording), model
+
+
+def _record_on_cpu(meta_model, config, trust_remote_code: bool, meta_error: str) -> LayerGraph:
+    """The layer graph recorded from the model built on the CPU with random weights: the same
+    modules, parameters and dataflow as on `meta`, where data-dependent code can run."""
+    torch.manual_seed(0)
+    model = instantiate(config, "cpu", trust_remote_code=trust_remote_code)
+    inputs = sample_inputs(config, "cpu")
+    try:
+        with torch.no_grad():
+            recording, _ = record_forward(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - a model whose forward cannot run at all
+        raise UnsupportedModelError(f"{meta_error}; on the CPU: {_one_line(exc)}") from exc
+    graph = graph_from_model(model, config, inputs, recording)
+    expected = {(n, tuple(p.shape)) for n, p in meta_model.named_parameters()}
+    if {(p.name, p.shape) for p in graph.parameters} != expected:
+        raise UnsupportedModelError(f"{meta_error}; on the CPU it builds other parameters")
+    return graph
 
 
 def _meta_mask_checks():
