@@ -3,7 +3,7 @@ maybe a shared expert every token runs.
 
 Recognized by shapes and a numeric probe, never names: a module whose parameters are one router
 matrix (experts, hidden) and two stacked expert tensors, fused gate/up (experts, 2 * inner,
-hidden) and down (experts, hidden, inner); besides them at most a per-expert buffer (a
+hidden) and down (experts, hidden, inner), or both transposed; besides them at most a per-expert buffer (a
 correction bias for choosing experts), a child module that is a gated MLP (the shared expert)
 and a (1, hidden) matrix (a sigmoid gate on the shared expert's output). A CPU copy of the module
 with random weights (and a random correction bias) runs on random tokens, and the one reference
@@ -78,12 +78,8 @@ def recognize(G: GraphView, path: str, hidden_dim: int, evidence: list[str]):
             "one-unit gate) are supported"
         )
     (router,) = routers
-    gate_up = next((n for n, s in stacked.items() if s[0] == experts and s[2] == hidden_dim), None)
-    down = next((n for n in stacked if n != gate_up), None)
-    if gate_up is None:
-        raise UnsupportedModelError(f"{path}: expert weights {stacked} do not read {hidden_dim}")
-    inner2 = stacked[gate_up][1]
-    if inner2 % 2 or stacked[down] != (experts, hidden_dim, inner2 // 2):
+    layouts = _expert_layouts(stacked, experts, hidden_dim)
+    if not layouts:
         raise UnsupportedModelError(f"{path}: expert weights {stacked} are not a fused gated MLP")
     biases = [
         b.name for b in G.g.buffers if b.name.startswith(f"{path}.") and b.shape == (experts,)
@@ -100,8 +96,8 @@ def recognize(G: GraphView, path: str, hidden_dim: int, evidence: list[str]):
     weights = {"router": router, **shared_weights}
     if shared_gates:
         weights["shared_output_gate"] = shared_gates[0]
-    spec = _probe(
-        G, path, weights, gate_up, down, biases[0] if biases else None, shared_path, inner2 // 2
+    spec, gate_up, down = _probe(
+        G, path, weights, layouts, biases[0] if biases else None, shared_path
     )
     if spec.choice_bias is not ChoiceBias.NONE:
         weights["correction_bias"] = biases[0]
@@ -175,11 +171,29 @@ def stored_experts(model, gate_up: str, down: str, gate_first: bool) -> dict[str
     return {"expert_gate": gate, "expert_up": up, "expert_down": found[down][0]}
 
 
-def _probe(G, path, weights, gate_up, down, bias, shared_path, inner) -> Moe:
+def _expert_layouts(stacked: dict, experts: int, hidden: int) -> list:
+    """(layout, gate/up tensor, down tensor, expert width) of each way the two stacked tensors
+    can be a fused gated MLP: as `Linear` weights, gate/up (experts, 2 * inner, hidden) and down
+    (experts, hidden, inner), or transposed, (experts, hidden, 2 * inner) and (experts, inner,
+    hidden) (Aria's, stored for `grouped_mm`)."""
+    found = []
+    for (gate_up, a), (down, b) in itertools.permutations(stacked.items()):
+        for layout in WeightLayout:
+            linear = layout is WeightLayout.LINEAR
+            width = a[1] if linear else a[2]
+            expected_a = (experts, width, hidden) if linear else (experts, hidden, width)
+            expected_b = (experts, hidden, width // 2) if linear else (experts, width // 2, hidden)
+            if width % 2 == 0 and a == expected_a and b == expected_b:
+                found.append((layout, gate_up, down, width // 2))
+    return found
+
+
+def _probe(G, path, weights, layouts, bias, shared_path) -> tuple[Moe, str, str]:
+    """The `Moe` the module computes, and its gate/up and down tensors."""
     module = probes.materialize(G.submodule(path))
     at = len(path) + 1
     found = dict(module.named_parameters())
-    w_router, w_gate_up, w_down = (found[n[at:]] for n in (weights["router"], gate_up, down))
+    w_router = found[weights["router"][at:]]
     experts, hidden = w_router.shape
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -196,15 +210,16 @@ def _probe(G, path, weights, gate_up, down, bias, shared_path, inner) -> Moe:
             observed = observed[0]
         observed = observed.reshape(x.shape)
         logits = x @ w_router.T
-        fused = torch.einsum("bsh,eih->bsei", x, w_gate_up)
         shared = 0.0
         if shared_path is not None:
             shared = module.get_submodule(shared_path[at:])(x).reshape(x.shape)
             if "shared_output_gate" in weights:
                 shared = shared * torch.sigmoid(x @ found[weights["shared_output_gate"][at:]].T)
         each = {
-            (a, g): _experts(fused, w_down, probes.ACTIVATIONS[a], g)
-            for a, g in itertools.product(probes.ACTIVATIONS, (True, False))
+            (n, a, g): _experts(x, found[gate_up[at:]], found[down[at:]], layout, a, g)
+            for (n, (layout, gate_up, down, _)), a, g in itertools.product(
+                enumerate(layouts), probes.ACTIVATIONS, (True, False)
+            )
         }
     factors = [1.0] + sorted(
         {
@@ -216,19 +231,22 @@ def _probe(G, path, weights, gate_up, down, bias, shared_path, inner) -> Moe:
         }
     )
     with torch.no_grad():
-        for (fields, routed), (a, g), factor in itertools.product(
+        for (fields, routed), (n, a, g), factor in itertools.product(
             _routings(logits, correction), each, factors
         ):
-            routed_out = torch.einsum("bseh,bse->bsh", each[a, g], routed) * factor
+            routed_out = torch.einsum("bseh,bse->bsh", each[n, a, g], routed) * factor
             if probes.matches(observed, routed_out + shared):
-                return Moe(
+                layout, gate_up, down, inner = layouts[n]
+                spec = Moe(
                     num_experts=experts,
                     intermediate_dim=inner,
                     activation=Activation(a),
                     gate_first=g,
                     routed_scale=factor,
+                    expert_layout=layout,
                     **fields,
                 )
+                return spec, gate_up, down
     raise UnsupportedModelError(
         f"{path}: the mixture of experts matches no routing hf2kh knows (softmax or sigmoid "
         "scores, top k of them, of them or the logits plus a correction bias, in the best "
@@ -285,12 +303,15 @@ def _best_groups(choice, groups: int, best: int):
     return grouped.masked_fill(~keep[..., None], float("-inf")).flatten(-2)
 
 
-def _experts(fused, w_down, act, gate_first):
+def _experts(x, w_gate_up, w_down, layout: WeightLayout, activation: str, gate_first: bool):
     """Every expert's output on every token (batch, tokens, experts, hidden)."""
+    linear = layout is WeightLayout.LINEAR
+    fused = torch.einsum("bsh,eih->bsei" if linear else "bsh,ehi->bsei", x, w_gate_up)
     gate, up = fused.chunk(2, dim=-1)
     if not gate_first:
         gate, up = up, gate
-    return torch.einsum("bsei,ehi->bseh", act(gate) * up, w_down)
+    hidden = probes.ACTIVATIONS[activation](gate) * up
+    return torch.einsum("bsei,ehi->bseh" if linear else "bsei,eih->bseh", hidden, w_down)
 
 
 def describe(moe: Moe) -> str:
@@ -388,11 +409,19 @@ def weight_rows(moe: Moe, weights: dict[str, str], hf, keras: str, shapes) -> li
                 rows.append(_kernel(hf(weights[f"expert_{role}"]).format(expert), part, path))
                 continue
             stacked = hf(weights["experts_down" if role == "down" else "experts_gate_up"])
+            linear = moe.expert_layout is WeightLayout.LINEAR
             ops = [{"op": "take", "axis": 0, "index": expert}]
             if role != "down":
                 half = 0 if (role == "gate") == moe.gate_first else 1
-                ops.append({"op": "split", "axis": 0, "sizes": [inner, inner], "index": half})
-            rows.append(_kernel(stacked, tuple(shapes[stacked]), path, part, ops))
+                axis = 0 if linear else 1
+                ops.append({"op": "split", "axis": axis, "sizes": [inner, inner], "index": half})
+            if linear:
+                rows.append(_kernel(stacked, tuple(shapes[stacked]), path, part, ops))
+            else:  # stored (in, out): already the kernel
+                kernel = part[::-1]
+                rows.append(
+                    WeightRow(stacked, tuple(shapes[stacked]), f"{path}/kernel", kernel, tuple(ops))
+                )
     if moe.shared is not None:
         rows += _shared_rows(moe, weights, hf, keras, shapes)
     return rows

@@ -198,6 +198,8 @@ class Moe:
     top_k_groups: int = 1
     routed_scale: float = 1.0
     shared: SharedExpert | None = None
+    # how the stacked expert tensors hold each matrix: `Linear` (out, in), or (in, out)
+    expert_layout: WeightLayout = WeightLayout.LINEAR
 
 
 ComponentSpec = Norm | Attention | Mlp | Moe
