@@ -164,6 +164,13 @@ INVALID = "invalid"  # the config is rejected without the value (validated again
 # fixture -> {probed value: outcome} for every probed value that is not "live"; every other
 # value each fixture sets (see `_expected_labels`) must be live.
 NOT_LIVE: dict[str, dict[str, str]] = {
+    "albert": {  # num_hidden_layers is live: one shared block, the same weights for any depth
+        "embedding_size": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "type_vocab_size": LAYOUT,  # 3 rows
+    },
     "bert": {
         "hidden_size": LAYOUT,
         "intermediate_size": LAYOUT,
@@ -382,6 +389,13 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_hidden_layers": LAYOUT,
         "num_key_value_heads": LAYOUT,
         "rope_parameters.rope_type": DEFAULT,
+    },
+    "roberta_prelayernorm": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "type_vocab_size": LAYOUT,  # 1 row, not the default 2
     },
     "roberta": {
         "hidden_size": LAYOUT,

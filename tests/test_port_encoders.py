@@ -155,6 +155,138 @@ def test_modernbert_local_and_global_layers_and_a_first_layer_without_its_norm(h
     assert ir.head.tied and ir.head.bias and ir.stem.positions is Positions.NONE
 
 
+def test_albert_is_one_block_shared_by_all_layers(hf_fixture):
+    """ALBERT calls one block module once per layer: the IR has one block path for every layer,
+    the weight table maps its one set of weights to the one Keras layer."""
+    from hf2kh.generate.weight_map import build_table
+
+    path = hf_fixture("albert")
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    block = "albert.encoder.albert_layer_groups.0.albert_layers.0"
+    assert ir.shared_block and ir.num_layers == config.num_hidden_layers == 3
+    assert {ir.block_path(i) for i in range(3)} == {block} and len(ir.block_types) == 1
+    assert [_step_text(s) for s in ir.block_types[0].steps] == [
+        "attention = self_attention(x)",
+        "x = x + attention",
+        "x = self_attention_layernorm(x)",
+        "feedforward = feedforward(x)",
+        "x = feedforward + x",
+        "x = feedforward_layernorm(x)",
+    ]
+    (mlp,) = [c.spec for c in ir.block_types[0].components if isinstance(c.spec, Mlp)]
+    assert mlp.activation is Activation.GELU_TANH and mlp.intermediate_dim == 56
+    stem = ir.stem
+    assert stem.embedding_dim == config.embedding_size == 16 and stem.hidden_dim == 32
+    assert stem.hf_embedding_projection == "albert.encoder.embedding_hidden_mapping_in"
+    assert stem.project_last and stem.embedding_projection_bias
+    assert stem.type_vocab_size == 3 and stem.embedding_norm.epsilon == config.layer_norm_eps
+    transform = ir.head.transform
+    assert transform.activation is Activation.GELU_TANH and transform.dim == 16
+    assert ir.head.tied and ir.head.bias and ir.head.task is Task.MASKED_LM
+
+    shapes = {p.name: p.shape for p in graph.parameters}
+    rows = build_table(ir, shapes).rows
+    block_rows = [r for r in rows if r.hf_name.startswith(f"{block}.")]
+    assert {r.keras_path.split("/")[0] for r in block_rows} == {"transformer_layer"}
+    block_params = [n for n in shapes if n.startswith(f"{block}.")]
+    assert sorted(r.hf_name for r in block_rows) == sorted(block_params)  # each once
+
+
+def test_modernbert_local_and_global_layers_and_a_first_layer_without_its_norm(hf_fixture):
+    """ModernBERT: rope with the theta of each layer's type, a bidirectional sliding window on
+    the local layers (HF reads `|q - k| <= local_attention // 2`), a fused q/k/v, a GeGLU MLP,
+    no biases, and layer 0 without the attention's input norm."""
+    path = hf_fixture("modernbert")
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    assert ir.head.task is Task.MASKED_LM and ir.num_layers == 4
+    for i, layer_type in enumerate(config.layer_types):
+        attention = ir.block_type(i).attention
+        assert not attention.causal
+        assert attention.rope.theta == config.rope_parameters[layer_type]["rope_theta"]
+        local = layer_type == "sliding_attention"
+        window = config.local_attention // 2 + 1 if local else None
+        assert ir.layer_options[i].sliding_window == window
+        assert not (attention.query_bias or attention.value_bias or attention.output_bias)
+    assert {r.theta for r in (ir.block_type(i).attention.rope for i in range(4))} == {
+        80000.0,
+        500.0,
+    }
+    assert [_step_text(s) for s in ir.block_type(0).steps] == [
+        "attention = self_attention(x)",
+        "x = x + attention",
+        "h = feedforward_layernorm(x)",
+        "feedforward = feedforward(h)",
+        "x = x + feedforward",
+    ]
+    assert [_step_text(s) for s in ir.block_type(1).steps][:2] == [
+        "h = self_attention_layernorm(x)",
+        "attention = self_attention(h)",
+    ]
+    (mlp,) = [c.spec for c in ir.block_type(1).components if isinstance(c.spec, Mlp)]
+    assert mlp.gated and mlp.activation is Activation.GELU and not mlp.bias
+    assert mlp.intermediate_dim == config.intermediate_size == 40
+    norms = [c.spec for c in ir.block_type(1).components if isinstance(c.spec, Norm)]
+    norms += [ir.stem.embedding_norm, ir.head.final_norm, ir.head.transform.norm]
+    assert {(n.kind, n.epsilon, n.bias) for n in norms} == {(NormKind.LAYER, 1e-4, False)}
+    assert config.norm_eps == 1e-4
+    transform = ir.head.transform
+    assert transform.activation is Activation.SILU and not transform.dense_bias
+    assert ir.head.tied and ir.head.bias and ir.stem.positions is Positions.NONE
+
+
+def test_pre_norm_encoder_steps_are_read_from_the_dataflow(hf_fixture):
+    """RoBERTa-PreLayerNorm normalizes the attention's input inside its attention module and the
+    MLP's inside `intermediate`; the steps say so, and the final norm is the model's."""
+    path = hf_fixture("roberta_prelayernorm")
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    (block,) = ir.block_types
+    assert [_step_text(s) for s in block.steps] == [
+        "h = self_attention_layernorm(x)",
+        "attention = self_attention(h)",
+        "x = x + attention",
+        "h = feedforward_layernorm(x)",
+        "feedforward = feedforward(h)",
+        "x = feedforward + x",
+    ]
+    norms = {c.name: c.hf_paths for c in block.components if isinstance(c.spec, Norm)}
+    assert norms == {
+        "self_attention_layernorm": ("attention.LayerNorm",),
+        "feedforward_layernorm": ("intermediate.LayerNorm",),
+    }
+    assert {c.spec.epsilon for c in block.components if isinstance(c.spec, Norm)} == {1e-6}
+    assert ir.head.hf_final_norm == "roberta_prelayernorm.LayerNorm"
+    assert ir.head.final_norm.epsilon == config.layer_norm_eps == 1e-6
+    assert ir.stem.positions is Positions.COUNTED and ir.head.task is Task.MASKED_LM
+
+
+@pytest.mark.parametrize("max_positions", [24, 40])
+def test_few_positions_are_probed_on_fewer_tokens(max_positions):
+    """The stem probe runs 64 tokens; a model with fewer positions (plus RoBERTa's padding
+    offset) is probed on fewer instead of failing."""
+    from transformers import RobertaConfig
+
+    config = RobertaConfig(
+        vocab_size=99,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=max_positions,
+        pad_token_id=1,
+    )
+    config.architectures = ["RobertaForMaskedLM"]
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source="s", revision=None)
+    assert ir.stem.max_positions == max_positions and ir.stem.positions is Positions.COUNTED
+    assert any("the stem probed on" in line and "tokens" in line for line in ir.evidence)
+
+
 def _padded_batch(config, seed: int = 0):
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(0, config.vocab_size, size=(3, 21)).astype("int32")

@@ -157,7 +157,9 @@ def _without_names(data):
     return data
 
 
-@pytest.mark.parametrize("fixture", ["qwen3", "bert", "bert_base", "modernbert"])
+@pytest.mark.parametrize(
+    "fixture", ["qwen3", "bert", "bert_base", "modernbert", "albert", "roberta_prelayernorm"]
+)
 def test_decisions_do_not_read_model_type_or_class_names(hf_fixture, fixture):
     """Blank every name the checkpoint reports (model_type, architectures, every module's class,
     through renamed subclasses): the IR is the same."""

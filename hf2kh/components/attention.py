@@ -19,7 +19,13 @@ from hf2kh.components import fused_qkv
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import softcap as softcap_component
-from hf2kh.components.base import Arg, check_output_is, explain_ops, post_norm_inside
+from hf2kh.components.base import (
+    Arg,
+    check_output_is,
+    explain_ops,
+    post_norm_inside,
+    pre_norm_inside,
+)
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.generate.weight_map import WeightRow
 from hf2kh.inspect.dataflow import PASSTHROUGH, first_call
@@ -135,7 +141,10 @@ def recognize(
     qk_norm, qk_norm_per_head = None, True
     # BERT's attention normalizes its output after adding the residual: that norm is a block step
     post_norm = post_norm_inside(G, attn, first_call(G.g, attn))
-    norm_children = [c for c in norm_children if post_norm is None or c != post_norm[0]]
+    # a pre-norm encoder's attention normalizes its input first: that norm is a block step too
+    pre_norm = pre_norm_inside(G, attn, first_call(G.g, attn))
+    inner = {n[0] for n in (post_norm, pre_norm) if n is not None}
+    norm_children = [c for c in norm_children if c not in inner]
     if norm_children:
         q_norms = [c for c in norm_children if feeds(c, q_val)]
         k_norms = [c for c in norm_children if feeds(c, k_val)]

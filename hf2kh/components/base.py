@@ -94,6 +94,35 @@ def post_norm_inside(G, module: str, call) -> tuple[str, int] | None:
     return made.target, made.inputs[0]
 
 
+def pre_norm_inside(G, module: str, call) -> tuple[str, int] | None:
+    """A module that first normalizes its input and computes everything but a residual from that
+    (a pre-norm encoder's attention, `output(self(norm(x)), x)`: RoBERTa-PreLayerNorm,
+    XLM-RoBERTa-XL, Megatron-BERT): (the norm's path, its output). None otherwise."""
+    calls = G.calls_within(module)
+    producers = {o: c for c in calls for o in c.outputs}
+
+    def moved_from(value: int, source: int) -> bool:
+        while value != source:
+            made = producers.get(value)
+            if made is None or made.kind != "function" or made.target not in PASSTHROUGH:
+                return False
+            value = made.inputs[0]
+        return True
+
+    norms = [
+        c
+        for c in calls
+        if c.kind == "module" and G.is_norm(c.target) and moved_from(c.inputs[0], call.inputs[0])
+    ]
+    if len(norms) != 1:
+        return None
+    normed = norms[0].outputs[0]
+    projections = [c for c in calls if c.kind == "module" and G.is_projection(c.target)]
+    if not projections or not all(G.derives(c.inputs[0], normed) for c in projections):
+        return None
+    return norms[0].target, normed
+
+
 def before_post_norm(G, module: str, call):
     """`call` (of `module`) as if it returned what its inner post-norm normalizes."""
     inside = post_norm_inside(G, module, call)

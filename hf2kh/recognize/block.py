@@ -23,6 +23,7 @@ from hf2kh.components.base import (
     check_output_is,
     explain_ops,
     post_norm_inside,
+    pre_norm_inside,
     residual_inside,
 )
 from hf2kh.errors import UnsupportedModelError
@@ -154,6 +155,7 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence, ca
     # that also normalizes the sum (BERT's attention) adds a norm step after it.
     post_norm = post_norm_inside(G, path, call)
     out, residual, tail = residual_inside(G, path, before_post_norm(G, path, call))
+    source = val(call.inputs[0])
     if post_norm is not None and residual is None:
         raise UnsupportedModelError(
             f"{path}: ends in the norm {post_norm[0]} of something other than a residual sum"
@@ -167,6 +169,12 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence, ca
             G, path, hidden_dim, rope, evidence, causal=causal
         )
         kind = "attention"
+        # a pre-norm encoder normalizes the attention's input inside the attention module: that
+        # norm is the step before it, the attention reads its output
+        pre_norm = pre_norm_inside(G, path, call)
+        if pre_norm is not None:
+            _norm_step(G, block, pre_norm[0], pre_norm[1], val(call.inputs[0]), draft)
+            source = pre_norm[1]
     elif G.is_norm(path):
         spec = norm_component.recognize(G, path, G.g.value(call.inputs[0]).shape[-1])
         weights, kind = {"norm": path}, "norm"
@@ -185,18 +193,23 @@ def _module_step(G, block, rel, call, hidden_dim, rope, draft, val, evidence, ca
     key = f"{kind}:{rel}"
     rel_weights = {role: p[len(block) + 1 :] for role, p in weights.items()}
     draft.components[key] = ((rel,), spec, rel_weights, cls)
-    draft.steps.append(("let", out, key, (val(call.inputs[0]),)))
+    draft.steps.append(("let", out, key, (source,)))
     if residual is not None:
         summed = call.outputs[0] if post_norm is None else post_norm[1]
         draft.steps.append(("add", summed, None, (val(residual), out)))
     if post_norm is not None:
-        norm_path = post_norm[0]
-        spec = norm_component.recognize(G, norm_path, G.g.value(post_norm[1]).shape[-1])
-        norm_rel = norm_path[len(block) + 1 :]
-        norm_key = f"norm:{norm_rel}"
-        cls = type(G.submodule(norm_path)).__name__
-        draft.components[norm_key] = ((norm_rel,), spec, {"norm": norm_rel}, cls)
-        draft.steps.append(("let", call.outputs[0], norm_key, (post_norm[1],)))
+        _norm_step(G, block, post_norm[0], call.outputs[0], post_norm[1], draft)
+
+
+def _norm_step(G, block: str, norm_path: str, out: int, source: int, draft) -> None:
+    """`out = norm(source)` for a norm inside a sublayer's module (BERT's post-norm after the
+    residual add, a pre-norm encoder's norm of the attention's input)."""
+    spec = norm_component.recognize(G, norm_path, G.g.value(source).shape[-1])
+    norm_rel = norm_path[len(block) + 1 :]
+    norm_key = f"norm:{norm_rel}"
+    cls = type(G.submodule(norm_path)).__name__
+    draft.components[norm_key] = ((norm_rel,), spec, {"norm": norm_rel}, cls)
+    draft.steps.append(("let", out, norm_key, (source,)))
 
 
 def _innermost_attention(G: GraphView, path: str) -> str:

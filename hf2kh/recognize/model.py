@@ -152,13 +152,13 @@ def recognize_model(
         v for k, v in vars(config).items() if ("window" in k or "local" in k) and type(v) is int
     ]
     length = min(max([64, *(2 * w + 1 for w in windows)]), 8193)
-    stem = probes.run_stem(
+    stem, length = _run_stem(
         model,
         embed,
-        None,
         block0,
         (group.container, *([head] if head else [])),
         length,
+        evidence,
         projection=embedding_projection,
         blocks=tuple(dict.fromkeys(blocks)),
         norm=embedding_norm_path,
@@ -404,6 +404,28 @@ def recognize_model(
         pad_token_id=_token_id(config, "pad_token_id"),
         evidence=tuple(evidence),
     )
+
+
+def _run_stem(model, embed, block0, skip, length, evidence, **kwargs) -> tuple[dict, int]:
+    """`probes.run_stem` on `length` tokens, or on fewer when the model cannot take that many (a
+    position table of fewer rows: its lookup fails); (what it captured, the length used)."""
+    first = None
+    for tried in (length, length // 2, length // 4, length // 8):
+        try:
+            stem = probes.run_stem(model, embed, None, block0, skip, tried, **kwargs)
+        except (IndexError, RuntimeError) as error:  # an index past a table's rows
+            first = first or error
+            continue
+        if tried != length:
+            evidence.append(
+                f"the stem probed on {tried} tokens (on {length} it fails: {_first_line(first)})"
+            )
+        return stem, tried
+    raise first
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _labels(config, num_classes: int) -> tuple[str, ...]:
