@@ -200,6 +200,17 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_key_value_heads": LAYOUT,
         "rope_parameters.rope_type": DEFAULT,
     },
+    "deberta_v2": {  # each relative-attention setting decides which tables exist
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "norm_rel_ebd": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "position_biased_input": LAYOUT,
+        "position_buckets": LAYOUT,
+        "relative_attention": LAYOUT,
+        "share_att_key": LAYOUT,
+    },
     "distilbert": {
         "activation": DEFAULT,
         "dim": LAYOUT,

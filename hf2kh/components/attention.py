@@ -134,6 +134,7 @@ def recognize(
     weights["output"] = o[0]
     # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
     own = [c for c in calls if not any(_within(c.scope, child) for child in children)]
+    _refuse_gathered_scores(G, own)
     scale, softcap, explained = _scores(G, attn, own, scores)
     # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
     alibi, product = alibi_component.recognize(G, attn, evidence)
@@ -237,6 +238,20 @@ def _scores(G: GraphView, attn: str, own, scores) -> tuple[float, float | None, 
                 f"{attn}: `{c.target}` on the attention scores is not explained"
             )
     return scale, softcap, explained
+
+
+def _refuse_gathered_scores(G: GraphView, own) -> None:
+    """Stop the port, naming the op, when the scores reaching the softmax add terms picked out
+    of another product by a `gather` on position indices (relative-position attention: DeBERTa's
+    content-to-position and position-to-content terms); no component computes that yet."""
+    softmax = next(c for c in own if c.target == "softmax")
+    for c in own:
+        if c.target == "gather" and c.outputs and G.derives(softmax.inputs[0], c.outputs[0]):
+            raise UnsupportedModelError(
+                f"op `gather` in {c.scope}: the attention scores add terms gathered by position "
+                "index from other products (relative-position attention, as DeBERTa's "
+                "disentangled attention): not supported yet"
+            )
 
 
 def _parts(G: GraphView, attn: str) -> tuple[list[str], list[str], list[str]]:

@@ -4,7 +4,8 @@ Two layouts, as real checkpoints ship them:
 
 - `byte_bpe`: GPT-2 style byte-level BPE (`vocab.json`, `merges.txt`, `tokenizer.json`,
   `GPT2Tokenizer`), `<|endoftext|>` as bos/eos/unk; for causal LMs.
-- `wordpiece`: BERT layout (`vocab.txt`, `BertTokenizer`) with `[PAD] [UNK] [CLS] [SEP] [MASK]`;
+- `wordpiece`: BERT layout (`vocab.txt`, `tokenizer.json`, `BertTokenizer`) with
+  `[PAD] [UNK] [CLS] [SEP] [MASK]`;
   for masked LMs.
 
 `train(kind, out_dir)` writes one and returns the `Tokens` the config shrinker needs (vocabulary
@@ -165,6 +166,12 @@ def _wordpiece(out: Path) -> Tokens:
         out / "special_tokens_map.json",
         {k: config[k] for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")},
     )
+    # also as tokenizer.json, for types whose tokenizer class reads only that (ModernBERT's
+    # PreTrainedTokenizerFast)
+    from transformers import BertTokenizer
+
+    bert = BertTokenizer.from_pretrained(str(out), local_files_only=True)
+    bert.backend_tokenizer.save(str(out / "tokenizer.json"))
     ids = {name.strip("[]").lower(): vocab[name] for name in _BERT_SPECIALS}
     ids.update(bos=ids["cls"], eos=ids["sep"])
     return Tokens(len(vocab), ids)
