@@ -3,27 +3,29 @@ maybe a shared expert every token runs.
 
 Recognized by shapes and a numeric probe, never names: a module whose parameters are one router
 matrix (experts, hidden) and two stacked expert tensors, fused gate/up (experts, 2 * inner,
-hidden) and down (experts, hidden, inner), or both transposed; besides them at most a per-expert buffer (a
-correction bias for choosing experts), a child module that is a gated MLP (the shared expert)
-and a (1, hidden) matrix (a sigmoid gate on the shared expert's output). A CPU copy of the module
-with random weights (and a random correction bias) runs on random tokens, and the one reference
-that computes the same output is kept: softmax or sigmoid scores of the router's logits; the
-`top_k` chosen on the scores, on the scores plus the bias or on the logits plus the bias, among
-all experts or only those of each token's best groups; the chosen scores renormalized or not,
-times 1 or a constant the module multiplies by; each activation, `[gate | up]` or `[up | gate]`;
-plus the shared expert's output (gated or not). The probe compares the module's whole output, so
-every op inside it is accounted for; a routing no candidate matches is refused.
+hidden) and down (experts, hidden, inner), or both transposed; besides them at most a per-expert
+buffer (a correction bias for choosing experts), a child module that is a gated MLP (the shared
+expert) and a (1, hidden) matrix (a sigmoid gate on the shared expert's output). A CPU copy of
+the module with random weights (and a random correction bias) runs on random tokens, and the one
+reference that computes the same output is kept: softmax or sigmoid scores of the router's
+logits; the `top_k` chosen on the scores, on the scores plus the bias or on the logits plus the
+bias, among all experts or only those of each token's best groups; the chosen scores
+renormalized or not, times 1 or a constant the module multiplies by; each activation, `[gate |
+up]` or `[up | gate]`; plus the shared expert's output (gated or not). The probe compares the
+module's whole output, so every op inside it is accounted for; a routing no candidate matches is
+refused.
 
 Emitted as the package's sparse MoE layer (`<name>_sparse_moe.py`), which runs every expert on
 every token and weights them by the routing (`keras.ops` only); its weights are the router, the
-correction bias, each expert's gate, up and down kernels (read from the experts as the checkpoint
-stores them: one by one, which transformers stacks on load, or already stacked) and the shared
-expert's.
+correction bias, each expert's gate, up and down kernels (read from the experts as the
+checkpoint stores them: one by one, which transformers stacks on load, or already stacked) and
+the shared expert's.
 """
 
 from __future__ import annotations
 
 import itertools
+import textwrap
 from dataclasses import replace
 
 import torch
@@ -378,6 +380,44 @@ def build_lines(moe: Moe, prefix: str, name: str, shape: str, beside_mlp: bool) 
         ")",
         f"self.{name}.build({shape})",
     ]
+
+
+def doc(moe: Moe) -> list[str]:
+    """The sparse MoE layer's docstring, after its first line: what this model's routing does."""
+    scoring = "each its own sigmoid" if moe.scoring is MoeScoring.SIGMOID else "a softmax"
+    text = (
+        f"The router scores every expert ({scoring}); each token's `num_experts_per_token` best "
+        "experts"
+    )
+    if moe.choice_bias is not ChoiceBias.NONE:
+        on = "router logits" if moe.choice_bias is ChoiceBias.LOGITS else "scores"
+        text += f" (chosen on the {on} plus a fixed correction bias)"
+    if moe.num_groups > 1:
+        text += ", taken from its `num_expert_groups_per_token` best of `num_expert_groups` groups,"
+    text += " are weighted by their scores"
+    if moe.normalize_top_k:
+        text += ", renormalized to sum to 1"
+    if moe.routed_scale != 1.0:
+        text += ", times `routed_scaling_factor`"
+    text += (
+        f". Each expert computes `down({moe.activation.value}(gate(x)) * up(x))`. Every expert "
+        "runs on every token and the routing weights (zero for the experts not chosen) combine "
+        "them."
+    )
+    lines = textwrap.wrap(text, 92)
+    if moe.shared is not None:
+        shared = (
+            f"A shared expert, `down({moe.shared.activation.value}(gate(x)) * up(x))` of width "
+            "`shared_intermediate_dim`, runs on every token"
+            + (
+                ", scaled by the sigmoid of a one-unit projection,"
+                if moe.shared.gated_output
+                else ""
+            )
+            + " and is added."
+        )
+        lines += ["", *textwrap.wrap(shared, 92)]
+    return lines
 
 
 def text(moe: Moe) -> str:

@@ -147,6 +147,10 @@ class Context:
     def moe_activation(self, x: str) -> str:
         return mlp_component.EXPRESSIONS[self.moe.activation].format(x=x)
 
+    @property
+    def moe_doc(self) -> list[str]:
+        return moe_component.doc(self.moe)
+
     def moe_shared_activation(self, x: str) -> str:
         return mlp_component.EXPRESSIONS[self.moe.shared.activation].format(x=x)
 
