@@ -301,6 +301,13 @@ def _named(G: GraphView, block: str, draft: _Draft, block_in: int, block_out: in
         names[out] = candidate
         holder[candidate] = out
 
+    feedforwards = [
+        p for p, spec, _, _ in draft.components.values() if isinstance(spec, (Mlp, Moe))
+    ]
+    if len(feedforwards) > 1:  # e.g. a mixture of experts and a shared MLP beside it, summed
+        raise UnsupportedModelError(
+            f"{block}: expected one MLP or mixture of experts, found {feedforwards}"
+        )
     component_names = _component_names(draft, steps, block_out)
     components = tuple(
         Component(
