@@ -35,6 +35,7 @@ NOT_ABLATED = {
     "tie_word_embeddings",
     "id2label",
     "label2id",
+    "forced_eos_token_id",  # a generation setting (HF's generate), not the forward's
 }
 # Removing these would make an invalid config; ablate to a valid neutral value instead.
 NEUTRAL = {"attention_types": [[["global", "global"], 1]]}
@@ -171,6 +172,7 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_attention_heads": INVALID,
         "type_vocab_size": LAYOUT,  # 3 rows
     },
+    "bart": {"d_model": LAYOUT, "decoder_ffn_dim": LAYOUT, "decoder_layers": LAYOUT},
     "bert": {
         "hidden_size": LAYOUT,
         "intermediate_size": LAYOUT,
@@ -191,6 +193,7 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_hidden_layers": LAYOUT,
         "type_vocab_size": DEFAULT,
     },
+    "blenderbot_small": {"d_model": LAYOUT, "decoder_ffn_dim": LAYOUT, "decoder_layers": LAYOUT},
     "bloom": {"hidden_size": INVALID, "n_layer": DEFAULT},
     "cohere": {
         "hidden_size": LAYOUT,
@@ -350,6 +353,12 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_hidden_layers": INVALID,  # layer_types lists 4 layers
         "rope_parameters.full_attention.rope_type": DEFAULT,
         "rope_parameters.sliding_attention.rope_type": DEFAULT,
+    },
+    "marian": {  # the default 16 heads do not divide d_model 24
+        "d_model": INVALID,
+        "decoder_attention_heads": INVALID,
+        "decoder_ffn_dim": LAYOUT,
+        "decoder_layers": LAYOUT,
     },
     "mistral": {
         "head_dim": LAYOUT,

@@ -16,9 +16,11 @@ import pytest
 from tests.fixtures.cli import run_cli
 
 # mistral: a sliding window; bloom: a fused q/k/v (per head) and ALiBi; bert: an encoder
-# (bidirectional attention with the padding mask, post-norm, token types, masked-LM head).
-FIXTURES = ("mistral", "bloom", "bert")
-ENCODERS = ("bert",)  # no generation to compare
+# (bidirectional attention with the padding mask, post-norm, token types, masked-LM head);
+# modernbert: rope in an encoder, bidirectional sliding windows, a first layer without its
+# attention norm, a bias-free masked-LM head.
+FIXTURES = ("mistral", "bloom", "bert", "modernbert")
+ENCODERS = ("bert", "modernbert")  # no generation to compare
 
 
 def _console_script() -> str:

@@ -22,7 +22,16 @@ from hf2kh.components.base import explain_ops
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, first_call
 from hf2kh.inspect.graph import LayerGraph
-from hf2kh.ir import BlockType, Head, LayerOptions, ModelIR, Positions, Stem, Task
+from hf2kh.ir import (
+    BlockType,
+    EmbeddingNormInput,
+    Head,
+    LayerOptions,
+    ModelIR,
+    Positions,
+    Stem,
+    Task,
+)
 from hf2kh.recognize import layers as layers_probe
 from hf2kh.recognize import probes, stem_tables
 from hf2kh.recognize.block import recognize_block
@@ -101,7 +110,8 @@ def recognize_model(
         and G.is_projection(p)
         and G.own_params(p)["weight"][-1] in (hidden_dim, embedding_dim)
         and (
-            not G.derives(stem_tables.lookup_index(G, p), input_value)
+            stem_tables.lookup_index(G, p) is None
+            or not G.derives(stem_tables.lookup_index(G, p), input_value)
             or stem_tables.padding_id(G, p, input_value) is not None
         )
     ]
@@ -192,13 +202,22 @@ def recognize_model(
             f"token types: {token_types} ({type_vocab_size} rows), read at one row for every "
             "token when none are given (probed)"
         )
-    embedding_norm = None
+    embedding_norm, norm_reads = None, EmbeddingNormInput.SUM
     if embedding_norm_path is not None:
         width = G.g.value(G.inp(embedding_norm_path)).shape[-1]
-        embedding_norm = _embedding_norm(G, embedding_norm_path, width, positions)
+        norm_reads = _embedding_norm_input(
+            G, embedding_norm_path, positions, token_types, embedding_projection
+        )
+        embedding_norm = norm_component.recognize(G, embedding_norm_path, width)
         evidence.append(
             f"embedding norm {embedding_norm_path}: {norm_component.describe(embedding_norm)}"
+            + (
+                ", of the token embeddings alone (the positions are added to its output)"
+                if norm_reads is EmbeddingNormInput.TOKENS
+                else ""
+            )
         )
+    stem["norm_reads"] = norm_reads
 
     # -- blocks: a few block types and the type of each layer ----------------------------------
     block_types: list[BlockType] = []
@@ -347,11 +366,6 @@ def recognize_model(
         evidence.append(f"learned positions start at row {offset} of the table")
     if scale is not None:
         evidence.append(f"token embeddings are scaled by {scale:.6g} before the first block")
-    if scale is not None and embedding_norm is not None:
-        raise UnsupportedModelError(
-            "the embeddings are both normalized and scaled before the first block: "
-            "not supported yet"
-        )
 
     return ModelIR(
         name=name,
@@ -373,6 +387,7 @@ def recognize_model(
             embedding_scale=scale,
             embedding_norm=embedding_norm,
             hf_embedding_norm=embedding_norm_path,
+            embedding_norm_input=norm_reads,
             embedding_dim=embedding_dim if embedding_projection else None,
             hf_embedding_projection=embedding_projection,
             embedding_projection_bias=projection_bias,
@@ -505,15 +520,20 @@ def _token_id(config, key: str) -> int | None:
     return value
 
 
-def _embedding_norm(G: GraphView, path: str, hidden_dim: int, positions: list[str]):
-    """The norm of the embeddings before the first block; it must read them whole (after the
-    position embeddings are added), as the generated `embed()` applies it last."""
-    if positions and not G.derives(G.inp(path), G.out(positions[0])):
+def _embedding_norm_input(
+    G: GraphView, path: str, positions: list[str], token_types, projection
+) -> EmbeddingNormInput:
+    """What the norm of the embeddings before the first block reads: the embeddings whole, after
+    the position embeddings are added (BART), or the token embeddings alone, the positions added
+    to its output (BlenderbotSmall); `_embedding_scale` checks it on numbers."""
+    if not positions or G.derives(G.inp(path), G.out(positions[0])):
+        return EmbeddingNormInput.SUM
+    if token_types or projection:
         raise UnsupportedModelError(
-            f"{path} normalizes the token embeddings before the position embeddings are added: "
-            "not supported yet"
+            f"{path} normalizes the token embeddings before the position embeddings are added, "
+            "and they are also projected or summed with token types: not supported yet"
         )
-    return norm_component.recognize(G, path, hidden_dim)
+    return EmbeddingNormInput.TOKENS
 
 
 def _position_offset(captured: dict[str, torch.Tensor]) -> int:
@@ -528,19 +548,31 @@ def _position_offset(captured: dict[str, torch.Tensor]) -> int:
 
 
 def _embedding_scale(captured: dict[str, torch.Tensor]) -> float | None:
-    """How the first block's input relates to the looked-up embedding rows (after positions)."""
+    """How the first block's input relates to the looked-up embedding rows (after positions).
+
+    With an embedding norm, the block's input must be the norm's output (plus the positions when
+    the norm reads the token embeddings alone), and the scale is read off the norm's input."""
     emb, block_in, pos = captured["embed"], captured["block"], captured.get("position")
+    types = captured.get("token_types")
     if "projected" in captured:
         emb = captured["projected"]
     if captured.get("project_last"):  # the projection read everything else: the block's input
-        emb, pos = captured["projected"], None
-        captured.pop("token_types", None)
-    elif "normed" in captured:  # the norm read the embeddings with their positions
-        emb, pos = captured["normed"], None
+        emb, pos, types = captured["projected"], None, None
+    elif "normed" in captured:
+        tokens_only = captured["norm_reads"] is EmbeddingNormInput.TOKENS
+        after_norm = block_in - pos if tokens_only else block_in
+        if not torch.allclose(after_norm, captured["normed"], rtol=1e-5, atol=1e-5):
+            raise UnsupportedModelError(
+                "the first block's input is not the normalized embeddings"
+                + (" plus the position embeddings" if tokens_only else "")
+            )
+        block_in = captured["norm_input"]
+        if tokens_only:
+            pos = None
     if pos is not None:
         block_in = block_in - pos
-    if "token_types" in captured and "normed" not in captured:
-        block_in = block_in - captured["token_types"]
+    if types is not None:
+        block_in = block_in - types
     ratio = float((block_in * emb).sum() / (emb * emb).sum())
     if not torch.allclose(block_in, emb * ratio, rtol=1e-5, atol=1e-5):
         raise UnsupportedModelError("the first block's input is not a scaled token embedding")

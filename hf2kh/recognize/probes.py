@@ -177,11 +177,12 @@ def run_stem(
     Only modules outside `skip` (the block container and the head) are materialized, so this is
     cheap for a model of any size. Returns the rows of the token embedding table that were looked
     up, the position embedding output (if any), the projected embeddings (if `projection`), the
-    normalized embeddings (if `norm`, as `normed`) and the first block's input, for a batch of
-    `length` tokens. With `blocks` (every block's path, in order), the forward runs on to the
-    last of them, each block passing its input through (`_record_inputs`), and `inputs` holds the
-    arguments each block received (masks, rotary tables, ALiBi tensors) under its path. Each
-    of `tables` gives its output (`table:<path>`) and its rows (`rows:<path>`).
+    normalized embeddings and the norm's input (if `norm`, as `normed` and `norm_input`) and the
+    first block's input, for a batch of `length` tokens. With `blocks` (every block's path, in
+    order), the forward runs on to the last of them, each block passing its input through
+    (`_record_inputs`), and `inputs` holds the arguments each block received (masks, rotary
+    tables, ALiBi tensors) under its path. Each of `tables` gives its output (`table:<path>`)
+    and its rows (`rows:<path>`).
     """
     stem = copy.deepcopy(model)
     _materialize_outside(stem, skip)
@@ -194,6 +195,9 @@ def run_stem(
             captured[key] = output.detach().clone()
 
         return hook
+
+    def keep_norm_input(module, args):
+        captured["norm_input"] = args[0].detach().clone()
 
     def keep_input(module, args, kwargs):
         hidden = args[0] if args else kwargs.get("hidden_states")
@@ -212,6 +216,7 @@ def run_stem(
         handles.append(stem.get_submodule(projection).register_forward_hook(keep("projected")))
     if norm is not None:
         handles.append(stem.get_submodule(norm).register_forward_hook(keep("normed")))
+        handles.append(stem.get_submodule(norm).register_forward_pre_hook(keep_norm_input))
     for path in tables:  # other embedding tables (positions, token types): output and table
         handles.append(stem.get_submodule(path).register_forward_hook(keep(f"table:{path}")))
         captured[f"rows:{path}"] = stem.get_submodule(path).weight.detach().clone()

@@ -34,12 +34,18 @@ def _one_row(table: torch.Tensor, used: torch.Tensor) -> bool:
     return any(bool((used == row).all()) for row in table)
 
 
-def lookup_index(G, path: str) -> int:
-    """The value the table at `path` is indexed with: the index of its `embedding` lookup (BART's
-    positional table receives `input_ids` for their shape only and looks up
-    `arange(length) + 2`), else the module's first input."""
-    lookup = next((c for c in G.calls_within(path) if c.target == "embedding"), None)
-    return lookup.inputs[0] if lookup is not None else first_call(G.g, path).inputs[0]
+def lookup_index(G, path: str) -> int | None:
+    """The value the table at `path` is indexed with: the other input of the first call that
+    reads the table's weight (`embedding(index, weight)`, `weight[index]`); None when that call
+    takes no tensor index (a slice of constant bounds). BART's positional module receives
+    `input_ids` for their shape only and looks up `arange(length) + 2`; Whisper's indexes its
+    weight with position ids. Without such a call, the module's first input."""
+    weight = next((v.id for v in G.g.values if v.source == f"param:{path}.weight"), None)
+    for call in G.calls_within(path):
+        if call.kind == "function" and weight is not None and weight in call.inputs:
+            others = [v for v in call.inputs if v != weight]
+            return others[0] if others else None
+    return first_call(G.g, path).inputs[0]
 
 
 def padding_id(G, path: str, input_ids: int) -> int | None:
@@ -47,6 +53,8 @@ def padding_id(G, path: str, input_ids: int) -> int | None:
     (RoBERTa's `padding_idx + cumsum(input_ids != padding_idx)`): the recorded dataflow from
     `input_ids` to the table's index holds a `ne` with that constant and a `cumsum`."""
     index = lookup_index(G, path)
+    if index is None:
+        return None
     on_path = [
         c
         for c in G.g.calls
