@@ -304,6 +304,17 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_key_value_heads": DEFAULT,
         "rope_parameters.rope_type": DEFAULT,
     },
+    "glm4_moe": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "moe_intermediate_size": LAYOUT,
+        "n_group": INVALID,  # 4 groups to keep topk_group 2 of
+        "n_routed_experts": LAYOUT,
+        "n_shared_experts": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+    },
     "granite": {
         "hidden_size": LAYOUT,
         "intermediate_size": LAYOUT,
@@ -392,6 +403,18 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_key_value_heads": DEFAULT,
         "rope_parameters.partial_rotary_factor": DEFAULT,
         "rope_parameters.rope_type": DEFAULT,
+    },
+    "qwen2_moe": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "mlp_only_layers": LAYOUT,
+        "moe_intermediate_size": LAYOUT,
+        "num_attention_heads": LAYOUT,
+        "num_experts": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+        "shared_expert_intermediate_size": LAYOUT,
     },
     "qwen2": {
         "hidden_size": LAYOUT,

@@ -17,9 +17,10 @@ from tests.fixtures.cli import run_cli
 
 # mistral: a sliding window; bloom: a fused q/k/v (per head) and ALiBi; bert: an encoder
 # (bidirectional attention with the padding mask, post-norm, token types, masked-LM head);
-# modernbert: rope in an encoder, bidirectional sliding windows, a first layer without its
-# attention norm, a bias-free masked-LM head.
-FIXTURES = ("mistral", "bloom", "bert", "modernbert")
+# glm4_moe: a mixture of experts (top-k, group-limited choice, a correction bias, a shared
+# expert) beside a dense first layer; modernbert: rope in an encoder, bidirectional sliding
+# windows, a first layer without its attention norm, a bias-free masked-LM head.
+FIXTURES = ("mistral", "bloom", "bert", "glm4_moe", "modernbert")
 ENCODERS = ("bert", "modernbert")  # no generation to compare
 
 
