@@ -78,6 +78,40 @@ def test_shrunk_config_is_tiny_and_builds(model_type):
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize(
+    "model_type, architecture",
+    [("deepseek_v2", "DeepseekV2ForCausalLM"), ("minicpm3", "MiniCPM3ForCausalLM")],
+)
+def test_latent_attention_head_sizes_stay_consistent(model_type, architecture):
+    """Multi-head latent attention: a key and value per query head from the latent, and the
+    rotary tables as wide as the rotary part of q/k (`head_dim` = `qk_rope_head_dim` in the
+    defaults): the shrunk model runs (before: `size of tensor a (4) must match b (8)`)."""
+    zoo_type = ZooType(model_type, "causal_lm", architecture)
+    config, _ = tiny_config(zoo_type, TOKENS)
+    assert config.num_key_value_heads == config.num_attention_heads == HEADS
+    assert config.head_dim == config.qk_rope_head_dim < HEAD_DIM
+    assert config.qk_head_dim == config.qk_nope_head_dim + config.qk_rope_head_dim
+    model = tiny_model(zoo_type, config)
+    with torch.no_grad():
+        logits = model(torch.arange(12).reshape(2, 6) + 5).logits
+    assert logits.shape == (2, 6, TOKENS.vocab_size)
+    assert torch.isfinite(logits).all()
+
+
+def test_partial_rotary_factor_gives_whole_pairs():
+    """MiMo's 0.334 of a 16-wide head would rotate 5 features: rounded to 3 pairs."""
+    shrunk = shrink_overrides(
+        {
+            "head_dim": 192,
+            "partial_rotary_factor": 0.334,
+            "rope_parameters": {"a": {"partial_rotary_factor": 0.5}},
+        },
+        TOKENS,
+    )
+    assert shrunk.overrides["partial_rotary_factor"] == 6 / HEAD_DIM
+    assert "rope_parameters" not in shrunk.overrides  # 0.5 of 16 is already whole pairs
+
+
 def test_llama_gets_grouped_query_attention():
     _, config, _, _ = _tiny("llama")
     assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)

@@ -15,7 +15,7 @@ import dataclasses
 import math
 
 from hf2kh.components import alibi as alibi_component
-from hf2kh.components import fused_qkv
+from hf2kh.components import fused_qkv, query_temperature
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import softcap as softcap_component
@@ -101,18 +101,24 @@ def recognize(
         raise UnsupportedModelError(f"{attn}: cannot tell the output projection ({o})")
     weights: dict[str, str] = {}
     if len(q) == 1 and q == k == v:
-        qkv_layout, widths, qkv_weight_layout, bias = _fused(G, attn, calls, q[0], hidden_dim)
+        fused, qkv_weight_layout, bias = _fused(G, attn, calls, q[0], hidden_dim)
+        qkv_layout, widths = fused.layout, fused.widths
         q_bias = k_bias = v_bias = bias
         weights["qkv"] = q[0]
         q_out, k_out = widths[0], widths[1]
+        sharding = (
+            f" of {fused.shards} shards [{' | '.join(fused.order)}]"
+            if qkv_layout is QkvLayout.SHARDED
+            else ""
+        )
         evidence.append(
             f"attention: fused qkv projection {q[0]} ({qkv_weight_layout.value}, "
-            f"{qkv_layout.value} layout), q/k/v widths {widths}"
+            f"{qkv_layout.value} layout{sharding}), q/k/v widths {widths}"
         )
     else:
         if not (len(q) == len(k) == len(v) == 1) or len({q[0], k[0], v[0]}) != 3:
             raise UnsupportedModelError(f"{attn}: cannot tell q/k/v projections ({q}, {k}, {v})")
-        biases = []
+        fused, biases = None, []
         for role, p in (("query", q[0]), ("key", k[0]), ("value", v[0])):
             layout, bias = _projection(G, p, hidden_dim)
             if layout is not WeightLayout.LINEAR:
@@ -134,8 +140,11 @@ def recognize(
     weights["output"] = o[0]
     # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
     own = [c for c in calls if not any(_within(c.scope, child) for child in children)]
-    _refuse_gathered_scores(G, own)
-    scale, softcap, explained = _scores(G, attn, own, scores)
+    _refuse_gathered_scores(G, own, projections)
+    # a factor computed from the positions alone on the query (Llama 4's temperature tuning)
+    positional = query_temperature.position_chain(G, own, q_val, projections)
+    own_scored = [c for c in own if c not in positional]
+    scale, softcap, explained = _scores(G, attn, own_scored, scores)
     # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
     alibi, product = alibi_component.recognize(G, attn, evidence)
     scale *= product.get("alpha", 1.0) if scores.target == "baddbmm" else 1.0
@@ -165,13 +174,31 @@ def recognize(
         where = "per head" if qk_norm_per_head else "over all heads at once"
         evidence.append(f"q/k norm {where}: {norm_component.describe(qk_norm)}")
     allowed = OPS
+    sources = [q[0]] if "qkv" in weights else [q[0], k[0]]
+    temperature, query_scale = None, None
+    if any(c.target in ("floor", "log", "log1p") for c in positional):
+        temperature = query_temperature.recognize(
+            G, attn, sources, head_dim, G.model.config, evidence
+        )
+        query_scale = query_temperature.at_probe_positions(G, attn, temperature)
+        explained = [*explained, *(c for c in positional if c.target in query_temperature.OPS)]
     if rope is not None:
-        sources = [q[0]] if "qkv" in weights else [q[0], k[0]]
-        rope = rope_component.probe_layout(G, attn, sources, rope, head_dim)
+        rope = rope_component.probe_layout(G, attn, sources, rope, head_dim, query_scale)
         if rope is None:
             evidence.append(f"{attn}: queries and keys are not rotated (probed): no rope")
-        elif rope.layout is RopeLayout.INTERLEAVED:
-            allowed = OPS | rope_component.INTERLEAVED_OPS
+    elif alibi is None:
+        # no rotary tables handed to the block: rope built inside the attention (GPT-J)?
+        rope = rope_component.recognize_inside(
+            G, attn, sources, head_dim, G.model.config, query_scale
+        )
+        if rope is not None:
+            allowed = allowed | rope_component.INSIDE_OPS
+            evidence.append(
+                f"{attn}: queries and keys rotated by position with no rotary tables handed "
+                "to the block: rope applied from the attention's own tables (probed)"
+            )
+    if rope is not None and rope.layout is RopeLayout.INTERLEAVED:
+        allowed = allowed | rope_component.INTERLEAVED_OPS
     explain_ops(attn, [c for c in own if c not in explained], allowed)
     spec = Attention(
         num_query_heads=q_heads,
@@ -184,6 +211,8 @@ def recognize(
         scale=float(scale),
         qkv_layout=qkv_layout,
         qkv_weight_layout=qkv_weight_layout,
+        qkv_shards=fused.shards if qkv_layout is QkvLayout.SHARDED else 1,
+        qkv_order=fused.order if qkv_layout is QkvLayout.SHARDED else "qkv",
         output_weight_layout=o_layout,
         rope=rope,
         qk_norm=qk_norm,
@@ -191,6 +220,7 @@ def recognize(
         softcap=softcap,
         alibi=alibi,
         causal=causal,
+        query_temperature=temperature,
     )
     evidence.append(
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
@@ -240,13 +270,20 @@ def _scores(G: GraphView, attn: str, own, scores) -> tuple[float, float | None, 
     return scale, softcap, explained
 
 
-def _refuse_gathered_scores(G: GraphView, own) -> None:
+def _refuse_gathered_scores(G: GraphView, own, projections: list[str]) -> None:
     """Stop the port, naming the op, when the scores reaching the softmax add terms picked out
     of another product by a `gather` on position indices (relative-position attention: DeBERTa's
-    content-to-position and position-to-content terms); no component computes that yet."""
+    content-to-position and position-to-content terms); no component computes that yet. A
+    gather from what no projection computed (GPT-J's sin/cos rows at the position ids) is not
+    such a term."""
     softmax = next(c for c in own if c.target == "softmax")
     for c in own:
-        if c.target == "gather" and c.outputs and G.derives(softmax.inputs[0], c.outputs[0]):
+        if (
+            c.target == "gather"
+            and c.outputs
+            and G.derives(softmax.inputs[0], c.outputs[0])
+            and any(G.derives(c.inputs[0], G.out(p)) for p in projections)
+        ):
             raise UnsupportedModelError(
                 f"op `gather` in {c.scope}: the attention scores add terms gathered by position "
                 "index from other products (relative-position attention, as DeBERTa's "
@@ -307,26 +344,17 @@ def _fused(G: GraphView, attn: str, calls, fused: str, hidden_dim: int):
     operands = (matmuls[0].inputs[-2], matmuls[0].inputs[-1], matmuls[-1].inputs[-1])
     if split is None:
         split = _sliced(G, calls, fused, operands)
-    if split is None:
-        # a view into heads and index ops (BLOOM, Falcon): which rows are which, on numbers
-        qkv_layout, widths = fused_qkv.recognize(G, attn, fused, matmuls[0])
-        return qkv_layout, widths, layout, bias
-    if not all(
+    in_order = split is not None and all(
         G.derives(operand, part) for part, operand in zip(split.outputs, operands, strict=True)
-    ):
-        raise UnsupportedModelError(f"{attn}: fused projection is not split in q, k, v order")
-    widths = [G.g.value(x).shape[-1] for x in split.outputs]
-    split_input = G.g.value(split.inputs[0]).shape
+    )
     total = G.g.value(G.out(fused)).shape[-1]
-    # Split on the projection's own output: [q | k | v] blocks. Split on a per-head view of it
-    # (heads, 3 * head_dim): each head's rows are [q_h | k_h | v_h].
-    qkv_layout = QkvLayout.BLOCKED if split_input[-1] == total else QkvLayout.PER_HEAD
-    if qkv_layout is QkvLayout.PER_HEAD:
-        if len(set(widths)) != 1:
-            raise UnsupportedModelError(f"{attn}: per-head fused q/k/v of unequal widths")
-        heads = total // sum(widths)
-        widths = [w * heads for w in widths]
-    return qkv_layout, widths, layout, bias
+    if not in_order or G.g.value(split.inputs[0]).shape[-1] != total:
+        # a view into heads and index ops (BLOOM, Falcon), a split of a per-head or per-shard
+        # view (GPT-NeoX, CodeGen): which rows are which, on numbers
+        return fused_qkv.recognize(G, attn, fused, matmuls[0]), layout, bias
+    # Split on the projection's own output: [q | k | v] blocks.
+    widths = [G.g.value(x).shape[-1] for x in split.outputs]
+    return fused_qkv.Fused(QkvLayout.BLOCKED, widths), layout, bias
 
 
 def _sliced(G: GraphView, calls, fused: str, operands):
@@ -368,6 +396,8 @@ def args(a: Attention) -> list[Arg]:
         )
     if a.softcap is not None:
         found += softcap_component.args(a.softcap, SOFTCAP_ARG, "Attention scores")
+    if a.query_temperature is not None:
+        found += query_temperature.args(a.query_temperature)
     if a.qk_norm is not None:
         found.append(
             Arg(
@@ -500,6 +530,8 @@ def _part_ops(a: Attention, index: int, shape: tuple[int, ...], param: str) -> t
             {"op": "take", "axis": 1, "index": index},
             {"op": "reshape", "shape": [sizes[index], *rest]},
         )
+    if a.qkv_layout is QkvLayout.SHARDED:
+        return fused_qkv.sharded_part_ops(index, shape, a.qkv_shards, a.qkv_order, axis)
     if a.qkv_layout is QkvLayout.GROUPED:
         heads = (a.num_query_heads, a.num_key_value_heads, a.head_dim)
         return fused_qkv.part_ops(a.qkv_layout, index, shape, *heads, axis)

@@ -14,7 +14,10 @@ scale applied to q or k):
 - BLOCKED: `[q | k | v]`;
 - PER_HEAD: `[q_h | k_h | v_h]` for each head h (BLOOM, GPT-NeoX, Falcon without multi-query);
 - GROUPED: `[q_g1 .. q_gQ | k_g | v_g]` for each key/value head g and its Q query heads (Falcon's
-  new decoder architecture).
+  new decoder architecture);
+- SHARDED: S shards, each the q, k and v blocks of its heads in some order (CodeGen's
+  model-parallel `[q_s | v_s | k_s]` for each of 4 shards s), tried for every shard count
+  dividing the heads and every order, after the others.
 
 A key or value operand with one head per query head (Falcon repeats k/v up to the query heads
 before the product) must repeat key/value head `h // Q` for query head h, as the generated
@@ -22,6 +25,9 @@ attention does. Weight rows take each part with `reshape` + `split` (`part_ops`)
 """
 
 from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
 
 import torch
 
@@ -31,9 +37,17 @@ from hf2kh.recognize import attention_probe
 from hf2kh.recognize.graph_view import GraphView
 
 
-def recognize(G: GraphView, attn: str, fused: str, scores) -> tuple[QkvLayout, list[int]]:
-    """(layout, [q, k, v] widths) of the fused projection `fused` of attention `attn`, whose
-    recorded score product is the call `scores`."""
+@dataclass(frozen=True)
+class Fused:
+    layout: QkvLayout
+    widths: list[int]  # of q, k, v
+    shards: int = 1  # SHARDED only
+    order: str = "qkv"  # SHARDED only
+
+
+def recognize(G: GraphView, attn: str, fused: str, scores) -> Fused:
+    """The row layout and q/k/v widths of the fused projection `fused` of attention `attn`,
+    whose recorded score product is the call `scores`."""
     rows = G.g.value(G.out(fused)).shape[-1]
 
     def numbered(out: torch.Tensor) -> torch.Tensor:
@@ -52,22 +66,33 @@ def recognize(G: GraphView, attn: str, fused: str, scores) -> tuple[QkvLayout, l
             f"{attn}: {rows} fused q/k/v rows are not {heads} query heads and as many key as "
             f"value heads of {head_dim}"
         )
-    candidates = [QkvLayout.BLOCKED]
+    candidates = [(QkvLayout.BLOCKED, 1, "qkv")]
     if kv_heads == heads:
-        candidates.append(QkvLayout.PER_HEAD)
+        candidates.append((QkvLayout.PER_HEAD, heads, "qkv"))
+        candidates += [
+            (QkvLayout.SHARDED, shards, "".join(order))
+            for shards in range(1, heads + 1)
+            if heads % shards == 0
+            for order in itertools.permutations("qkv")
+            if (shards, "".join(order)) not in ((1, "qkv"), (heads, "qkv"))
+        ]
     elif kv_heads > 1:
-        candidates.append(QkvLayout.GROUPED)
-    for layout in candidates:
-        q_rows, k_rows, v_rows = _rows(layout, heads, kv_heads, head_dim)
+        candidates.append((QkvLayout.GROUPED, kv_heads, "qkv"))
+    widths = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    for layout, shards, order in candidates:
+        q_rows, k_rows, v_rows = _rows(layout, heads, kv_heads, head_dim, shards, order)
         if (
             _fits(query, q_rows)
             and _fits(key, _repeated(k_rows, key.shape[0], heads))
             and _fits(value, _repeated(v_rows, value.shape[0], heads))
         ):
-            return layout, [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+            if layout is QkvLayout.SHARDED:
+                return Fused(layout, widths, shards, order)
+            return Fused(layout, widths)
+    tried = sorted({c[0].value for c in candidates})
     raise UnsupportedModelError(
         f"{attn}: the rows of the fused projection {fused} reach the query, key and value heads "
-        f"in an order hf2kh does not know (tried {', '.join(c.value for c in candidates)})"
+        f"in an order hf2kh does not know (tried {', '.join(tried)})"
     )
 
 
@@ -92,11 +117,20 @@ def _key_position_axis(run, recorded: tuple[tuple[int, ...], int]) -> int:
     raise UnsupportedModelError("cannot tell the key operand's position axis")
 
 
-def _rows(layout: QkvLayout, heads: int, kv_heads: int, head_dim: int):
+def _rows(
+    layout: QkvLayout, heads: int, kv_heads: int, head_dim: int, shards: int = 1, order="qkv"
+):
     """Fused row numbers (from 1) of each (head, feature) of q, k and v under `layout`."""
     d = torch.arange(head_dim)
     h = torch.arange(heads)[:, None]
     g = torch.arange(kv_heads)[:, None]
+    if layout is QkvLayout.SHARDED:  # kv_heads == heads
+        local = heads // shards
+        shard, inside = h // local, h % local
+        return tuple(
+            (shard * 3 + order.index(part)) * local * head_dim + inside * head_dim + d + 1
+            for part in "qkv"
+        )
     if layout is QkvLayout.BLOCKED:
         q = h * head_dim + d
         k = (heads + g) * head_dim + d
@@ -143,6 +177,8 @@ def part_ops(
 ) -> tuple[dict, ...]:
     """Ops taking part `index` (q, k, v) of a GROUPED fused tensor whose rows lie on
     `rows_axis` (0 for a Linear weight (out, in) and for biases, -1 for a Conv1D weight)."""
+    if layout is QkvLayout.SHARDED:
+        raise ValueError("part_ops: a sharded layout's parts come from sharded_part_ops")
     if layout is not QkvLayout.GROUPED:
         raise ValueError(f"part_ops handles the grouped layout, not {layout}")
     per = heads // kv_heads
@@ -153,5 +189,21 @@ def part_ops(
     return (
         {"op": "reshape", "shape": grouped},
         {"op": "split", "axis": axis + 1, "sizes": sizes, "index": index},
+        {"op": "reshape", "shape": taken},
+    )
+
+
+def sharded_part_ops(
+    index: int, shape: tuple[int, ...], shards: int, order: str, rows_axis: int
+) -> tuple[dict, ...]:
+    """Ops taking part `index` (q, k, v) of a SHARDED fused tensor (rows on `rows_axis`): each
+    shard's rows are its three blocks in `order`."""
+    axis = rows_axis % len(shape)
+    rows = shape[axis]
+    sharded = [*shape[:axis], shards, 3, rows // (3 * shards), *shape[axis + 1 :]]
+    taken = [*shape[:axis], rows // 3, *shape[axis + 1 :]]
+    return (
+        {"op": "reshape", "shape": sharded},
+        {"op": "take", "axis": axis + 1, "index": order.index("qkv"[index])},
         {"op": "reshape", "shape": taken},
     )

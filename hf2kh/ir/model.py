@@ -47,12 +47,19 @@ class QkvLayout(enum.Enum):
     # [q_g1 .. q_gQ | k_g | v_g] for each key/value head g and its Q query heads (Falcon's new
     # decoder architecture); BLOCKED and PER_HEAD are its one-group and one-query-head cases
     GROUPED = "grouped"
+    # `qkv_shards` shards, each holding its heads' q, k and v blocks in `qkv_order` (CodeGen's
+    # model-parallel layout: 4 shards of [q | v | k])
+    SHARDED = "sharded"
 
 
 class RopeScaling(enum.Enum):
     NONE = "none"
     LINEAR = "linear"
     LLAMA3 = "llama3"
+    # YaRN: frequencies blended between plain and divided by `factor` along a ramp between the
+    # correction dimensions of `beta_fast` and `beta_slow` rotations; cos/sin times
+    # `attention_factor`
+    YARN = "yarn"
 
 
 class RopeLayout(enum.Enum):
@@ -109,6 +116,19 @@ class Rope:
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
     layout: RopeLayout = RopeLayout.HALF_SPLIT
+    beta_fast: float = 32.0  # YaRN
+    beta_slow: float = 1.0  # YaRN
+    attention_factor: float = 1.0  # YaRN: multiplies cos and sin
+    truncate: bool = True  # YaRN: correction range rounded outwards to whole dimensions
+
+
+@dataclass(frozen=True)
+class QueryTemperature:
+    """Queries multiplied by `1 + beta * log(1 + floor(position / length))` (Llama 4's attention
+    temperature tuning, Ministral 3)."""
+
+    beta: float
+    length: int
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,8 @@ class Attention:
     scale: float
     qkv_layout: QkvLayout = QkvLayout.SEPARATE
     qkv_weight_layout: WeightLayout = WeightLayout.LINEAR
+    qkv_shards: int = 1  # SHARDED: how many shards
+    qkv_order: str = "qkv"  # SHARDED: the order of the q, k, v blocks inside a shard
     output_weight_layout: WeightLayout = WeightLayout.LINEAR
     rope: Rope | None = None
     qk_norm: Norm | None = None
@@ -138,6 +160,7 @@ class Attention:
     causal: bool = True
     softcap: float | None = None  # scores become `softcap * tanh(scores / softcap)` (Gemma 2)
     alibi: Alibi | None = None  # a linear position bias on the scores instead of rope
+    query_temperature: QueryTemperature | None = None
 
 
 @dataclass(frozen=True)

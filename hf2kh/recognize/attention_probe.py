@@ -53,11 +53,15 @@ def run(
     attn: str,
     replace: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     zero_query: bool = False,
+    kwargs_fn: Callable[[dict], dict] | None = None,
 ) -> AttentionRun:
     """Run the block holding the attention module `attn` (a full path); `replace` maps full
-    paths of modules inside it to a function of their output giving the output to use."""
+    paths of modules inside it to a function of their output giving the output to use;
+    `kwargs_fn` changes the keyword arguments the block received (its position ids)."""
     block_path = block_of(G, attn)
     args, kwargs = G.block_inputs[block_path]
+    if kwargs_fn is not None:
+        kwargs = kwargs_fn(kwargs)
     block = layers.materialize_block(G.model, block_path)
     attention = block.get_submodule(attn[len(block_path) + 1 :])
     hidden = args[0] if args else kwargs["hidden_states"]

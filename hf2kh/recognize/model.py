@@ -358,7 +358,7 @@ def recognize_model(
     if positions:
         max_positions = G.own_params(positions[0])["weight"][0]
         evidence.append(f"learned positions: {positions[0]} ({max_positions} rows)")
-    elif rope is None and not any(b.attention.alibi for b in block_types):
+    elif not any(b.attention.rope or b.attention.alibi for b in block_types):
         raise UnsupportedModelError("no position information found (no rope, no learned positions)")
     scale = _embedding_scale(stem)
     offset = _position_offset(stem) if positions and position_padding_id is None else 0

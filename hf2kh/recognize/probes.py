@@ -126,19 +126,55 @@ def rope_inv_freq(theta: float, rotary_dim: int, scaling: dict | None) -> torch.
         inv_freq = inv_freq / scaling["factor"]
     elif scaling and scaling["scaling"] == "llama3":
         inv_freq = llama3_inv_freq(inv_freq, **{k: v for k, v in scaling.items() if k != "scaling"})
+    elif scaling and scaling["scaling"] == "yarn":
+        inv_freq = yarn_inv_freq(theta, rotary_dim, scaling)
     return inv_freq
 
 
+def yarn_inv_freq(theta: float, rotary_dim: int, scaling: dict) -> torch.Tensor:
+    """YaRN's frequencies (Peng et al., 2023), as transformers computes them: plain below the
+    correction dimension of `beta_fast` rotations, divided by `factor` above that of `beta_slow`,
+    a linear ramp in between."""
+    positions = scaling["original_max_position_embeddings"]
+
+    def correction_dim(rotations: float) -> float:
+        return (rotary_dim * math.log(positions / (rotations * 2 * math.pi))) / (
+            2 * math.log(theta)
+        )
+
+    low, high = correction_dim(scaling["beta_fast"]), correction_dim(scaling["beta_slow"])
+    if scaling["truncate"]:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    frequencies = theta ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)
+    return (1.0 / (scaling["factor"] * frequencies)) * (1 - extrapolation) + (
+        1.0 / frequencies
+    ) * extrapolation
+
+
 def rope_cos(
-    theta: float, rotary_dim: int, positions: int, scaling: dict | None, pairs: bool = False
+    theta: float,
+    rotary_dim: int,
+    positions: int,
+    scaling: dict | None,
+    pairs: bool = False,
+    single: bool = False,
 ) -> torch.Tensor:
-    """cos table of the candidate rope: each frequency for both halves (`rotate_half`) or, with
-    `pairs`, twice in a row (a table for interleaved pairs, Cohere's `repeat_interleave`)."""
+    """cos table of the candidate rope: each frequency for both halves (`rotate_half`), with
+    `pairs` twice in a row (a table for interleaved pairs, Cohere's `repeat_interleave`), with
+    `single` once (GPT-OSS applies it to each half)."""
     inv_freq = rope_inv_freq(theta, rotary_dim, scaling)
     freqs = torch.arange(positions).float()[:, None] * inv_freq[None]
+    factor = (scaling or {}).get("attention_factor", 1.0)  # YaRN's, on cos and sin
+    if single:
+        return freqs.cos() * factor
     if pairs:
-        return freqs.repeat_interleave(2, dim=-1).cos()
-    return torch.cat([freqs, freqs], -1).cos()
+        return freqs.repeat_interleave(2, dim=-1).cos() * factor
+    return torch.cat([freqs, freqs], -1).cos() * factor
 
 
 def llama3_inv_freq(

@@ -97,6 +97,7 @@ _RULES = [(role, re.compile(pattern)) for role, pattern in SIZE_RULES]
 _PERIOD = re.compile(r"(_period|_interval|_every|_freq)$")
 _OFFSET = re.compile(r"_offset$")
 _HIDDEN_KEYS = ("hidden_size", "d_model", "n_embd", "n_embed", "dim", "model_dim", "embed_dim")
+_HEAD_KEYS = ("num_attention_heads", "n_head", "n_heads", "num_heads")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers")
 
 
@@ -152,6 +153,11 @@ def _first_int(d: dict, keys) -> int:
     return next((d[k] for k in keys if isinstance(d.get(k), int)), 0)
 
 
+def _latent_kv(d: dict) -> bool:
+    """Keys and values come from a low-rank latent (DeepSeek-V2's multi-head latent attention)."""
+    return _is_int(d.get("kv_lora_rank"))
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -198,8 +204,25 @@ def _shrink_value(key: str, value: Any, parent: dict, ctx: _Context) -> Any:
         return ctx.tokens.vocab_size if _is_int(value) and value > ctx.tokens.vocab_size else _SAME
     if role == "kv_heads":
         # grouped whenever the model has the setting (more demanding than kv == heads); one
-        # shared key/value head (multi-query) stays one
+        # shared key/value head (multi-query) stays one. A latent key/value (multi-head latent
+        # attention, `kv_lora_rank`) gives every query head its own key and value: kept equal.
+        if _latent_kv(parent) and value == _first_int(parent, _HEAD_KEYS):
+            return HEADS if _is_int(value) and value > HEADS else _SAME
         return KV_HEADS if _is_int(value) and value > 1 else _SAME
+    if role == "experts_per_token" and value is None:
+        # left unset by a default config that has experts (DeepSeek-V2): its forward fails
+        has_experts = any(role_of(k) == "experts" and _is_int(v) for k, v in parent.items())
+        return EXPERTS_PER_TOKEN if has_experts else _SAME
+    if role == "head_dim" and _is_int(value):
+        # a head size that equals the rotary part's (DeepSeek's `head_dim` = `qk_rope_head_dim`,
+        # the rotary tables' width) shrinks with it, so the two stay equal
+        if any(role_of(k) == "rope_head_dim" and v == value for k, v in parent.items()):
+            return min(value, ROTARY_DIM) if value > ROTARY_DIM else _SAME
+    if key == "partial_rotary_factor" and isinstance(value, float) and 0 < value < 1:
+        # rotary dims are whole pairs: an odd `int(head_dim * factor)` at the shrunk head size
+        # (MiMo's 0.334 of 16 = 5) is rounded to the nearest even count
+        pairs = max(1, round(value * HEAD_DIM / 2))
+        return _SAME if value * HEAD_DIM == 2 * pairs else 2 * pairs / HEAD_DIM
     if role == "qk_head_dim":
         nope, rope = parent.get("qk_nope_head_dim"), parent.get("qk_rope_head_dim")
         if _is_int(nope) and _is_int(rope) and value == nope + rope:
