@@ -217,12 +217,6 @@ def _probe(G, path, weights, layouts, bias, shared_path) -> tuple[Moe, str, str]
             shared = module.get_submodule(shared_path[at:])(x).reshape(x.shape)
             if "shared_output_gate" in weights:
                 shared = shared * torch.sigmoid(x @ found[weights["shared_output_gate"][at:]].T)
-        each = {
-            (n, a, g): _experts(x, found[gate_up[at:]], found[down[at:]], layout, a, g)
-            for (n, (layout, gate_up, down, _)), a, g in itertools.product(
-                enumerate(layouts), probes.ACTIVATIONS, (True, False)
-            )
-        }
     factors = [1.0] + sorted(
         {
             value
@@ -232,13 +226,36 @@ def _probe(G, path, weights, layouts, bias, shared_path) -> tuple[Moe, str, str]
             and (value := constant(c)) not in (None, 1.0)
         }
     )
+    # the k of each recorded `topk` (the experts per token, the groups kept, ...); every k when
+    # the module records none
+    ks = sorted(
+        {
+            int(c.constants[0])
+            for c in calls_within(G.g, path)
+            if c.kind == "function" and c.target == "topk" and c.constants
+            if str(c.constants[0]).isdigit() and 0 < int(c.constants[0]) <= experts
+        }
+    ) or list(range(1, experts + 1))
     with torch.no_grad():
-        for (fields, routed), (n, a, g), factor in itertools.product(
-            _routings(logits, correction), each, factors
+        routings = list(_routings(logits, correction, ks))
+        # one expert layout, activation and gate/up order at a time: every expert's output on
+        # every token is (tokens, experts, hidden) large
+        for (layout, gate_up, down, inner), a, g in itertools.product(
+            layouts, probes.ACTIVATIONS, (True, False)
         ):
-            routed_out = torch.einsum("bseh,bse->bsh", each[n, a, g], routed) * factor
-            if probes.matches(observed, routed_out + shared):
-                layout, gate_up, down, inner = layouts[n]
+            each = _experts(x, found[gate_up[at:]], found[down[at:]], layout, a, g)
+            found_match = next(
+                (
+                    (fields, factor)
+                    for (fields, routed), factor in itertools.product(routings, factors)
+                    if probes.matches(
+                        observed, torch.einsum("bseh,bse->bsh", each, routed) * factor + shared
+                    )
+                ),
+                None,
+            )
+            if found_match is not None:
+                fields, factor = found_match
                 spec = Moe(
                     num_experts=experts,
                     intermediate_dim=inner,
@@ -257,18 +274,19 @@ def _probe(G, path, weights, layouts, bias, shared_path) -> tuple[Moe, str, str]
     )
 
 
-def _routings(logits, correction):
+def _routings(logits, correction, ks: list[int]):
     """(Moe fields, routing weights (batch, tokens, experts)) of every routing candidate, the
-    plainest first."""
+    plainest first: top k of the experts for each k of `ks`, within the best few of n groups
+    (`ks` again) or not."""
     experts = logits.shape[-1]
     biases = [ChoiceBias.NONE]
     if correction is not None:
         biases += [ChoiceBias.SCORES, ChoiceBias.LOGITS]
     groups = [(1, 1)] + [
-        (n, best) for n in range(2, experts // 2 + 1) if experts % n == 0 for best in range(1, n)
+        (n, best) for n in range(2, experts // 2 + 1) if experts % n == 0 for best in ks if best < n
     ]
     for scoring, choice_bias, (n, best), k, normalize in itertools.product(
-        MoeScoring, biases, groups, range(1, experts + 1), (True, False)
+        MoeScoring, biases, groups, ks, (True, False)
     ):
         scores = torch.softmax(logits, -1) if scoring is MoeScoring.SOFTMAX else logits.sigmoid()
         choice = {
