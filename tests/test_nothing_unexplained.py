@@ -24,9 +24,11 @@ from hf2kh.zoo.types import candidate_types
 TOKENS = Tokens(vocab_size=512, ids={"bos": 1, "eos": 2, "pad": 0})
 
 
-def _recognize(model_type: str):
+def _recognize(model_type: str, **overrides):
     zoo_type = next(t for t in candidate_types()[0] if t.model_type == model_type)
     config, _ = tiny_config(zoo_type, TOKENS)
+    for key, value in overrides.items():
+        setattr(config, key, value)
     graph, model = build_graph_and_model(config)
     return recognize_model(graph, model, config, name="m", source="s", revision=None)
 
@@ -112,3 +114,18 @@ def test_qk_norm_over_all_heads():
     attention = _recognize("olmo2").attention
     assert attention.qk_norm is not None and not attention.qk_norm_per_head
     assert (attention.num_query_heads, attention.num_key_value_heads) == (4, 2)
+
+
+def test_shared_mlp_beside_the_experts_is_their_shared_expert():
+    """GraniteMoeShared's block adds a gated MLP (`shared_mlp`, one fused gate/up projection)
+    that reads the mixture of experts' input to the mixture's output (the zoo's shrunk config
+    has none: shared_intermediate_size 0, so it is set here): one mixture of experts with a
+    shared expert, not two feedforwards."""
+    from hf2kh.ir import Activation, Moe
+
+    block = _recognize("granitemoeshared", shared_intermediate_size=24).block_types[0]
+    (moe,) = [c for c in block.components if isinstance(c.spec, Moe)]
+    assert moe.spec.shared is not None and moe.spec.shared.intermediate_dim == 24
+    assert moe.spec.shared.activation is Activation.SILU and not moe.spec.shared.gated_output
+    assert dict(moe.weights)["shared_gate_up:0"] == "shared_mlp.input_linear"
+    assert sum(1 for c in block.components if c.name == "feedforward") == 1

@@ -29,7 +29,19 @@ from hf2kh.components.base import (
 from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.dataflow import PASSTHROUGH, Step, block_steps, calls_within, first_call
 from hf2kh.inspect.graph import Call
-from hf2kh.ir import Add, Attention, BlockType, Component, Let, Mlp, Moe, Norm, Scale
+from hf2kh.ir import (
+    Add,
+    Attention,
+    BlockType,
+    Component,
+    Let,
+    Mlp,
+    Moe,
+    Norm,
+    Scale,
+    SharedExpert,
+    WeightLayout,
+)
 from hf2kh.recognize import not_run as not_run_component
 from hf2kh.recognize.graph_view import GraphView
 
@@ -105,7 +117,8 @@ def recognize_block(
                 "porting without it would compute something else"
             )
     close_group()
-    named = _named(G, block, draft, val(block_in), val(block_out))
+    out = _fold_shared_mlp(block, draft, val(block_out), evidence)
+    named = _named(G, block, draft, val(block_in), out)
     not_run = not_run_component.recognize(G, block, named.components, hidden_dim, evidence)
     return dataclasses.replace(named, not_run=not_run) if not_run else named
 
@@ -239,6 +252,44 @@ def _sibling_mlp(G, block, group: list[Call], hidden_dim, draft, val, evidence) 
     rel_weights = {role: p[len(block) + 1 :] for role, p in weights.items()}
     draft.components[key] = (rels, spec, rel_weights, "(sibling modules)")
     draft.steps.append(("let", last.outputs[0], key, (val(group[0].inputs[0]),)))
+
+
+def _fold_shared_mlp(block: str, draft: _Draft, block_out: int, evidence: list[str]) -> int:
+    """A mixture of experts and a gated MLP that read the same value and whose outputs the block
+    adds (GraniteMoeShared's `block_sparse_moe` and `shared_mlp`) are one mixture of experts
+    with a shared expert. Returns the block's output value (the sum's, if it was)."""
+    moes = [k for k, c in draft.components.items() if isinstance(c[1], Moe) and not c[1].shared]
+    mlps = [k for k, c in draft.components.items() if isinstance(c[1], Mlp)]
+    if len(moes) != 1 or len(mlps) != 1:
+        return block_out
+    lets = {key: (out, inputs) for kind, out, key, inputs in draft.steps if kind == "let"}
+    (moe_out, moe_in), (mlp_out, mlp_in) = lets[moes[0]], lets[mlps[0]]
+    summed = next(
+        (out for kind, out, _, inputs in draft.steps
+         if kind == "add" and sorted(inputs) == sorted((moe_out, mlp_out))),
+        None,
+    )  # fmt: skip
+    mlp = draft.components[mlps[0]][1]
+    if summed is None or moe_in != mlp_in or not mlp.gated or mlp.bias:
+        return block_out
+    if mlp.weight_layout is not WeightLayout.LINEAR:
+        return block_out
+    paths, spec, weights, cls = draft.components[moes[0]]
+    mlp_paths, _, mlp_weights, _ = draft.components.pop(mlps[0])
+    spec = dataclasses.replace(spec, shared=SharedExpert(mlp.intermediate_dim, mlp.activation))
+    shared = {f"shared_{role}": path for role, path in mlp_weights.items()}
+    draft.components[moes[0]] = (paths + mlp_paths, spec, {**weights, **shared}, cls)
+    rename = {summed: moe_out}
+    draft.steps = [
+        (kind, out, key, tuple(rename.get(v, v) for v in inputs))
+        for kind, out, key, inputs in draft.steps
+        if key != mlps[0] and out != summed
+    ]
+    evidence.append(
+        f"{block}: {'+'.join(mlp_paths)} reads the mixture of experts' input and is added to its "
+        "output: its shared expert"
+    )
+    return rename.get(block_out, block_out)
 
 
 # -- names ---------------------------------------------------------------------------------------
