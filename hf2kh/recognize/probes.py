@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 from torch.utils._pytree import tree_map_only
+from transformers.cache_utils import Cache
 
 from hf2kh.errors import UnsupportedModelError
 
@@ -289,6 +290,9 @@ def _record_inputs(block: torch.nn.Module, path: str, store: dict, last: bool) -
         return t.to("meta")
 
     def record(*args, **kwargs):
+        # A key/value cache handed to the block would collect the meta run's keys below and
+        # mix devices in every later probe of it: the probes run without one.
+        args, kwargs = tree_map_only(Cache, lambda _: None, (args, kwargs))
         store[path] = (
             tree_map_only(torch.Tensor, lambda t: t.detach().clone(), args),
             tree_map_only(torch.Tensor, lambda t: t.detach().clone(), kwargs),
