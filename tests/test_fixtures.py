@@ -234,6 +234,16 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_attention_heads": DEFAULT,
         "num_hidden_layers": LAYOUT,
     },
+    "eurobert": {
+        "head_dim": LAYOUT,
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "mlp_bias": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "num_key_value_heads": LAYOUT,
+        "rope_parameters.rope_type": DEFAULT,
+    },
     "falcon": {
         "alibi": DEFAULT,
         "bias": LAYOUT,
@@ -464,6 +474,13 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "rope_parameters.rope_type": DEFAULT,
     },
     "roberta_prelayernorm": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,
+        "num_hidden_layers": LAYOUT,
+        "type_vocab_size": LAYOUT,  # 1 row, not the default 2
+    },
+    "roberta_cls": {
         "hidden_size": LAYOUT,
         "intermediate_size": LAYOUT,
         "num_attention_heads": INVALID,

@@ -287,6 +287,34 @@ def test_few_positions_are_probed_on_fewer_tokens(max_positions):
     assert any("the stem probed on" in line and "tokens" in line for line in ir.evidence)
 
 
+def test_roberta_classification_head_is_a_text_classifier(hf_fixture):
+    """RoBERTa's classifier has no pooler: its own `dense` and tanh on <s>, then `out_proj`."""
+    path = hf_fixture("roberta_cls")
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    assert ir.head.task is Task.TEXT_CLASSIFIER and ir.head.num_classes == 7
+    assert (ir.head.hf_pooler, ir.head.hf_head) == ("classifier.dense", "classifier.out_proj")
+    assert ir.head.labels[3] == "joy" and ir.stem.positions is Positions.COUNTED
+
+
+def test_masked_lm_head_without_a_transform(hf_fixture):
+    """EuroBERT's masked-LM head is its untied `lm_head` (with a bias) on the final norm's
+    output: no dense transform; the backbone has the LM head, the task gathers the masked
+    positions and calls it."""
+    path = hf_fixture("eurobert")
+    config = AutoConfig.from_pretrained(path)
+    graph, model = build_graph_and_model(config)
+    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
+    head = ir.head
+    assert head.task is Task.MASKED_LM and head.transform is None and head.hf_head == "lm_head"
+    assert not head.tied and head.bias and head.final_norm.epsilon == config.rms_norm_eps
+    attention = ir.attention
+    assert not attention.causal and attention.rope.theta == 20000.0
+    assert (attention.num_query_heads, attention.num_key_value_heads) == (4, 2)
+    assert attention.head_dim == 16
+
+
 def _padded_batch(config, seed: int = 0):
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(0, config.vocab_size, size=(3, 21)).astype("int32")
@@ -381,6 +409,8 @@ def test_generated_encoder_package_tests_and_ruff(ported, name):
     assert lint.returncode == 0, lint.stdout
     encoder = (package / f"{port.package}_encoder.py").read_text()
     assert "cache" not in encoder and "causal" not in encoder.lower()
+    attention = (package / f"{port.package}_attention.py").read_text()
+    assert "cache" not in attention and "start_index" not in attention
     assert not (package / f"{port.package}_decoder.py").exists()
 
 
@@ -411,7 +441,9 @@ def test_preset_text_classifier_matches_hf_and_keeps_the_labels(ported, hf_fixtu
             attention_mask=torch.as_tensor(padding_mask),
             token_type_ids=torch.as_tensor(segment_ids, dtype=torch.long),
         ).logits.numpy()
-    inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+    inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+    if "segment_ids" in classifier.backbone.input:  # token types, drawn at random
+        inputs["segment_ids"] = segment_ids
     got = keras.ops.convert_to_numpy(classifier(inputs))
     assert got.shape == expected.shape == (3, 7)
     assert _rel_error(got, expected) <= 1e-5

@@ -549,9 +549,16 @@ class Context:
         return self.ir.stem.hf_embedding_projection is not None
 
     @property
+    def token_logits(self) -> bool:
+        """The backbone has the LM head (`token_logits()`): a causal LM's, or a masked LM's whose
+        head is the vocabulary projection alone (BertGeneration, EuroBERT: no dense transform)."""
+        head = self.ir.head
+        return not self.encoder or (head.task is Task.MASKED_LM and head.transform is None)
+
+    @property
     def head_bias(self) -> bool:
-        """The backbone adds the LM head's bias (a masked-LM head holds its own)."""
-        return self.ir.head.bias and not self.encoder
+        """The backbone adds the LM head's bias (a masked-LM head's transform holds its own)."""
+        return self.ir.head.bias and self.token_logits
 
     def activation_expr(self, x: str) -> str:
         return mlp_component.expression(self.mlp, x)

@@ -131,10 +131,12 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
             head.final_norm, head.hf_final_norm, "sequence_output_layernorm", hf_shapes
         )
     declared = _not_run(ir, hf_shapes)
-    if head.task is Task.BASE:  # no head; a pooler of the bare model is declared, not ported
+    if head.task is not Task.TEXT_CLASSIFIER:  # a pooler the output does not read: declared
         pooler = head.hf_pooler
         unused = [n for n in hf_shapes if pooler and n.startswith(f"{pooler}.")]
-        return WeightTable(rows, {**declared, **{n: NOT_PORTED_POOLER for n in unused}})
+        declared.update({n: NOT_PORTED_POOLER for n in unused})
+    if head.task is Task.BASE:  # no head
+        return WeightTable(rows, declared)
     if head.task is Task.TEXT_CLASSIFIER:  # the task's pooler and classifier layers
         return WeightTable(
             rows + classifier_head.weight_rows(head.hf_head, head.hf_pooler, hf_shapes), declared
@@ -155,7 +157,7 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         bias = (head.hf_bias or f"{head.hf_head}.bias") if head.bias else None
         rows += head_transform.weight_rows(head.transform, bias, hf_shapes)
     elif head.bias:
-        rows.append(_row(f"{head.hf_head}.bias", hf_shapes, "lm_head_bias/bias"))
+        rows.append(_row(head.hf_bias or f"{head.hf_head}.bias", hf_shapes, "lm_head_bias/bias"))
     return WeightTable(rows, declared)
 
 

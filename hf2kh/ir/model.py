@@ -372,7 +372,8 @@ class Head:
     hf_bias: str | None = None
     # Task.TEXT_CLASSIFIER: the pooler's dense (tanh) before `hf_head`, the class count and the
     # checkpoint's class names by id (`id2label`). Task.BASE: the bare model's pooler, which is
-    # not ported (its weights are declared unused; the backbone outputs the hidden states)
+    # not ported (its weights are declared unused; the backbone outputs the hidden states);
+    # Task.MASKED_LM: a pooler the model runs but the LM head does not read, likewise
     hf_pooler: str | None = None
     num_classes: int | None = None
     labels: tuple[str, ...] = ()

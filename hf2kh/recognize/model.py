@@ -278,6 +278,14 @@ def recognize_model(
         transform, transformed = head_transform.recognize(
             G, after, head, last_block_call.outputs[0], evidence
         )
+        # a pooler the LM head does not read (BigBird's masked LM runs its model's pooler):
+        # accounted for, its weights declared unused
+        pooler, explained_pooler = classifier_head.recognize_bare_pooler(
+            G, after, last_block_call.outputs[0], evidence
+        )
+        if pooler is not None and G.derives(G.out(head), G.out(pooler)):
+            raise UnsupportedModelError(f"the LM head {head} reads the pooler {pooler}")
+        transformed = transformed + explained_pooler
     output_projection = None
     if (
         head is not None
@@ -351,7 +359,10 @@ def recognize_model(
     if task is Task.BASE:
         evidence.append("no head: a bare bidirectional encoder, ported as its backbone")
     if task is Task.MASKED_LM:
-        evidence.append(f"masked-LM head {head}: bidirectional blocks, a transform before it")
+        evidence.append(
+            f"masked-LM head {head}: bidirectional blocks, "
+            + ("a transform before it" if transform else "reading the final hidden states")
+        )
 
     # -- positions, embedding scale, windows ---------------------------------------------------
     max_positions = None
@@ -457,8 +468,9 @@ def _positions_kind(positions: list[str], padding_id: int | None) -> Positions:
 
 def _task(block_types: list[BlockType], transform, head: str | None, classifier: bool) -> Task:
     """A causal LM (causal blocks, the head on the hidden states), a masked LM (bidirectional
-    blocks, a transform before the head), a text classifier (bidirectional blocks, class
-    logits from the first token) or a bare encoder (bidirectional blocks, no head)."""
+    blocks, with or without a dense transform before the head), a text classifier
+    (bidirectional blocks, class logits from the first token) or a bare encoder (bidirectional
+    blocks, no head)."""
     causal = {b.attention.causal for b in block_types}
     if len(causal) != 1:
         raise UnsupportedModelError("causal and bidirectional blocks in one model")
@@ -478,11 +490,6 @@ def _task(block_types: list[BlockType], transform, head: str | None, classifier:
                 f"a causal LM head {head} with a dense transform before it is not supported yet"
             )
         return Task.CAUSAL_LM
-    if transform is None:
-        raise UnsupportedModelError(
-            f"the bidirectional model's head {head} has no dense transform before it: "
-            "not supported yet"
-        )
     return Task.MASKED_LM
 
 
