@@ -143,3 +143,24 @@ def test_gpt_oss_table_of_each_frequency_once():
     assert rope.truncate is False and rope.attention_factor == pytest.approx(
         0.1 * math.log(32.0) + 1
     )
+
+
+def test_latent_attention_is_refused_naming_the_latent():
+    """MiniCPM3's multi-head latent attention (keys and values from `kv_a_proj_with_mqa`
+    expanded by `kv_b_proj`) stops recognition with one line naming both, on the zoo's tiny
+    config (whose head sizes are now consistent: its forward runs)."""
+    from hf2kh.errors import UnsupportedModelError
+    from hf2kh.inspect.build import build_graph_and_model
+    from hf2kh.recognize.model import recognize_model
+    from hf2kh.zoo.build import tiny_config
+    from hf2kh.zoo.shrink import Tokens
+    from hf2kh.zoo.types import ZooType
+
+    zoo_type = ZooType("minicpm3", "causal_lm", "MiniCPM3ForCausalLM")
+    config, _ = tiny_config(zoo_type, Tokens(500, {"bos": 1, "eos": 2, "pad": 0}))
+    graph, model = build_graph_and_model(config)
+    with pytest.raises(UnsupportedModelError) as info:
+        recognize_model(graph, model, config, name="m", source="s", revision=None)
+    message = str(info.value)
+    assert "\n" not in message and "multi-head latent attention" in message
+    assert "kv_a_proj_with_mqa" in message and "kv_b_proj" in message

@@ -117,6 +117,7 @@ def recognize(
         )
     else:
         if not (len(q) == len(k) == len(v) == 1) or len({q[0], k[0], v[0]}) != 3:
+            _refuse_latent_key_value(G, attn, k, v)
             raise UnsupportedModelError(f"{attn}: cannot tell q/k/v projections ({q}, {k}, {v})")
         fused, biases = None, []
         for role, p in (("query", q[0]), ("key", k[0]), ("value", v[0])):
@@ -268,6 +269,19 @@ def _scores(G: GraphView, attn: str, own, scores) -> tuple[float, float | None, 
                 f"{attn}: `{c.target}` on the attention scores is not explained"
             )
     return scale, softcap, explained
+
+
+def _refuse_latent_key_value(G: GraphView, attn: str, k: list[str], v: list[str]) -> None:
+    """Stop the port with one line when the keys and values both come from one projection
+    feeding another (a low-rank latent expanded per head: DeepSeek-V2's multi-head latent
+    attention, `kv_a_proj_with_mqa` -> `kv_b_proj`); no component computes that yet."""
+    chain = [(a, b) for a in k for b in k if a != b and G.derives(G.inp(b), G.out(a))]
+    if set(k) == set(v) and len(k) == 2 and chain:
+        latent, expanded = chain[0]
+        raise UnsupportedModelError(
+            f"{attn}: keys and values both come from the latent {latent} expanded by "
+            f"{expanded} (multi-head latent attention): not supported yet"
+        )
 
 
 def _refuse_gathered_scores(G: GraphView, own, projections: list[str]) -> None:
