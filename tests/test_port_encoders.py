@@ -315,6 +315,34 @@ def test_masked_lm_head_without_a_transform(hf_fixture):
     assert attention.head_dim == 16
 
 
+@pytest.mark.parametrize(
+    ("model_type", "architecture", "module"),
+    [
+        ("fnet", "FNetForMaskedLM", "FNetFourierTransform"),  # returns a tuple
+        ("ibert", "IBertForMaskedLM", "IntLayerNorm"),  # QuantEmbedding returns (values, scale)
+    ],
+)
+def test_modules_returning_tuples_are_refused_in_one_line(model_type, architecture, module):
+    """Probes of modules that return tuples (FNet's Fourier sublayer, I-BERT's quantized
+    embeddings) end in a one-line refusal naming the module, not a crash."""
+    from hf2kh.errors import UnsupportedModelError
+
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
+    config.architectures = [architecture]
+    graph, model = build_graph_and_model(config)
+    with pytest.raises(UnsupportedModelError) as info:
+        recognize_model(graph, model, config, name="m", source="s", revision=None)
+    assert "\n" not in str(info.value) and module in str(info.value)
+
+
 def _padded_batch(config, seed: int = 0):
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(0, config.vocab_size, size=(3, 21)).astype("int32")
