@@ -411,6 +411,14 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "num_key_value_heads": LAYOUT,
         "rope_parameters.rope_type": INVALID,
     },
+    "modernbert_decoder": {
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "num_attention_heads": INVALID,  # the default 12 heads do not divide 32
+        "num_hidden_layers": INVALID,  # layer_types lists 3 layers
+        "rope_parameters.full_attention.rope_type": DEFAULT,
+        "rope_parameters.sliding_attention.rope_type": DEFAULT,
+    },
     "mistral": {
         "head_dim": LAYOUT,
         "hidden_size": LAYOUT,

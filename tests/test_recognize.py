@@ -18,6 +18,7 @@ from hf2kh.ir import (
     Positions,
     QkvLayout,
     RopeScaling,
+    Task,
     WeightLayout,
     from_dict,
     to_dict,
@@ -142,6 +143,28 @@ def test_gpt_neox_parallel_partial_rotary_per_head_fused(hf_fixture):
     assert a.qkv_layout is QkvLayout.PER_HEAD
     assert a.rope.rotary_dim == int(head_dim * config.rope_parameters["partial_rotary_factor"])
     assert a.rope.rotary_dim < a.head_dim == head_dim
+
+
+def test_modernbert_decoder_windows_rope_per_type_and_a_head_transform(hf_fixture):
+    """ModernBERT's decoder: causal layers, the sliding ones reading `local_attention // 2`
+    tokens, each layer type's rope theta, layer 0 without its attention norm, and a causal LM
+    head with a dense transform before the tied decoder and its bias."""
+    path = hf_fixture("modernbert_decoder")
+    config = AutoConfig.from_pretrained(path)
+    ir = _ir(path)
+    assert ir.head.task is Task.CAUSAL_LM and ir.num_layers == 3
+    for i, layer_type in enumerate(config.layer_types):
+        attention = ir.block_type(i).attention
+        assert attention.causal
+        assert attention.rope.theta == config.rope_parameters[layer_type]["rope_theta"]
+        window = config.local_attention // 2 if layer_type == "sliding_attention" else None
+        assert ir.layer_options[i].sliding_window == window
+    assert _steps(ir, ir.layers[0]) == ["attention = self_attention(x)", *PRE_NORM[2:]]
+    assert _steps(ir, ir.layers[1]) == PRE_NORM
+    transform = ir.head.transform
+    assert transform.activation is Activation.GELU and not transform.dense_bias
+    assert transform.norm.epsilon == config.norm_eps == 1e-4 and not transform.norm.bias
+    assert ir.head.tied and ir.head.bias and ir.head.final_norm.epsilon == 1e-4
 
 
 def _without_names(data):

@@ -130,15 +130,31 @@ def args(transform: HeadTransform) -> list[Arg]:
     ]
 
 
+# Keras names of the transform where the backbone's `token_logits()` applies it (a causal LM's
+# head: ModernBERT's decoder).
+BACKBONE_DENSE = "lm_head_dense"
+BACKBONE_NORM = "lm_head_layernorm"
+
+
+def backbone_rows(transform: HeadTransform, shapes) -> list[WeightRow]:
+    """Rows for the transform's dense and norm held by the backbone (the vocabulary bias is the
+    backbone's `lm_head_bias`)."""
+    return _transform_rows(transform, shapes, BACKBONE_DENSE, BACKBONE_NORM)
+
+
+def _transform_rows(transform: HeadTransform, shapes, dense: str, norm: str) -> list[WeightRow]:
+    name = f"{transform.hf_dense}.weight"
+    shape = tuple(shapes[name])
+    rows = [WeightRow(name, shape, f"{dense}/kernel", shape[::-1], ({"op": "transpose"},))]
+    if transform.dense_bias:
+        rows.append(_same(f"{transform.hf_dense}.bias", shapes, f"{dense}/bias"))
+    return rows + norm_component.weight_rows(transform.norm, transform.hf_norm, norm, shapes)
+
+
 def weight_rows(transform: HeadTransform, bias: str | None, shapes) -> list[WeightRow]:
     """Rows for the `MaskedLMHead`: its dense, its LayerNorm and the vocabulary bias (`bias`, the
     HF parameter holding it)."""
-    name = f"{transform.hf_dense}.weight"
-    shape = tuple(shapes[name])
-    rows = [WeightRow(name, shape, f"{DENSE}/kernel", shape[::-1], ({"op": "transpose"},))]
-    if transform.dense_bias:
-        rows.append(_same(f"{transform.hf_dense}.bias", shapes, f"{DENSE}/bias"))
-    rows += norm_component.weight_rows(transform.norm, transform.hf_norm, NORM, shapes)
+    rows = _transform_rows(transform, shapes, DENSE, NORM)
     if bias is None:
         raise UnsupportedModelError("a masked-LM head without a bias is not supported yet")
     rows.append(_same(bias, shapes, BIAS))

@@ -277,7 +277,31 @@ class Context:
         head = self.ir.head
         if head.task is Task.TEXT_CLASSIFIER:
             return classifier_head.args(head.num_classes, tuple(head.labels))
-        return head_transform.args(head.transform) if head.transform else []
+        if head.task is Task.MASKED_LM and head.transform is not None:
+            return head_transform.args(head.transform)
+        return []
+
+    @property
+    def backbone_head_transform(self) -> bool:
+        """`token_logits()` applies the head's dense transform (a causal LM's: ModernBERT's
+        decoder, `norm(activation(dense(h)))` before the tied vocabulary projection)."""
+        transform = self.ir.head.transform
+        if not self.token_logits or transform is None:
+            return False
+        if transform.dim != self.ir.stem.hidden_dim or self.projected_embeddings:
+            raise UnsupportedModelError(
+                f"{transform.hf_dense}: a causal LM head transform to {transform.dim} features "
+                "with projected embeddings is not supported yet"
+            )
+        return True
+
+    @property
+    def head_transform_code(self) -> str:
+        """`token_logits()`'s statement applying the transform to `hidden_states`."""
+        transform = self.ir.head.transform
+        dense = f"self.{head_transform.BACKBONE_DENSE}(hidden_states)"
+        activated = mlp_component.EXPRESSIONS[transform.activation].format(x=dense)
+        return f"hidden_states = self.{head_transform.BACKBONE_NORM}({activated})"
 
     @property
     def head_activation_function(self) -> tuple[str, str] | None:
@@ -505,6 +529,8 @@ class Context:
                     "float. Multiplies the token embeddings.",
                 )
             )
+        if self.backbone_head_transform:
+            args += head_transform.args(head.transform)[1:]  # the epsilon; the activation is code
         if head.logit_scale is not None:
             args += scale_component.logit_args(head.logit_scale)
         if head.softcap is not None:

@@ -153,7 +153,9 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
                 ({"op": "transpose"},),
             )
         )
-    if head.transform is not None:  # the task's masked-LM head, with the vocabulary bias
+    if head.transform is not None and head.task is Task.CAUSAL_LM:  # in token_logits()
+        rows += head_transform.backbone_rows(head.transform, hf_shapes)
+    if head.transform is not None and head.task is not Task.CAUSAL_LM:  # the masked-LM head
         bias = (head.hf_bias or f"{head.hf_head}.bias") if head.bias else None
         rows += head_transform.weight_rows(head.transform, bias, hf_shapes)
     elif head.bias:

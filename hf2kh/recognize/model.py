@@ -484,11 +484,7 @@ def _task(block_types: list[BlockType], transform, head: str | None, classifier:
         if causal == {True}:
             raise UnsupportedModelError(f"a classifier {head} on a causal model: not supported yet")
         return Task.TEXT_CLASSIFIER
-    if causal == {True}:
-        if transform is not None:
-            raise UnsupportedModelError(
-                f"a causal LM head {head} with a dense transform before it is not supported yet"
-            )
+    if causal == {True}:  # with or without a dense transform before the head (ModernBERT's)
         return Task.CAUSAL_LM
     return Task.MASKED_LM
 
