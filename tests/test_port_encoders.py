@@ -111,50 +111,6 @@ def test_electra_projects_the_normalized_embeddings_up(hf_fixture):
     assert ir.head.tied and ir.head.task is Task.MASKED_LM
 
 
-def test_modernbert_local_and_global_layers_and_a_first_layer_without_its_norm(hf_fixture):
-    """ModernBERT: rope with the theta of each layer's type, a bidirectional sliding window on
-    the local layers (HF reads `|q - k| <= local_attention // 2`), a fused q/k/v, a GeGLU MLP,
-    no biases, and layer 0 without the attention's input norm."""
-    path = hf_fixture("modernbert")
-    config = AutoConfig.from_pretrained(path)
-    graph, model = build_graph_and_model(config)
-    ir = recognize_model(graph, model, config, name="m", source=str(path), revision=None)
-    assert ir.head.task is Task.MASKED_LM and ir.num_layers == 4
-    for i, layer_type in enumerate(config.layer_types):
-        attention = ir.block_type(i).attention
-        assert not attention.causal
-        assert attention.rope.theta == config.rope_parameters[layer_type]["rope_theta"]
-        local = layer_type == "sliding_attention"
-        window = config.local_attention // 2 + 1 if local else None
-        assert ir.layer_options[i].sliding_window == window
-        assert not (attention.query_bias or attention.value_bias or attention.output_bias)
-    assert {r.theta for r in (ir.block_type(i).attention.rope for i in range(4))} == {
-        80000.0,
-        500.0,
-    }
-    assert [_step_text(s) for s in ir.block_type(0).steps] == [
-        "attention = self_attention(x)",
-        "x = x + attention",
-        "h = feedforward_layernorm(x)",
-        "feedforward = feedforward(h)",
-        "x = x + feedforward",
-    ]
-    assert [_step_text(s) for s in ir.block_type(1).steps][:2] == [
-        "h = self_attention_layernorm(x)",
-        "attention = self_attention(h)",
-    ]
-    (mlp,) = [c.spec for c in ir.block_type(1).components if isinstance(c.spec, Mlp)]
-    assert mlp.gated and mlp.activation is Activation.GELU and not mlp.bias
-    assert mlp.intermediate_dim == config.intermediate_size == 40
-    norms = [c.spec for c in ir.block_type(1).components if isinstance(c.spec, Norm)]
-    norms += [ir.stem.embedding_norm, ir.head.final_norm, ir.head.transform.norm]
-    assert {(n.kind, n.epsilon, n.bias) for n in norms} == {(NormKind.LAYER, 1e-4, False)}
-    assert config.norm_eps == 1e-4
-    transform = ir.head.transform
-    assert transform.activation is Activation.SILU and not transform.dense_bias
-    assert ir.head.tied and ir.head.bias and ir.stem.positions is Positions.NONE
-
-
 def test_albert_is_one_block_shared_by_all_layers(hf_fixture):
     """ALBERT calls one block module once per layer: the IR has one block path for every layer,
     the weight table maps its one set of weights to the one Keras layer."""
