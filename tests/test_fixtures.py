@@ -220,6 +220,7 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "relative_attention": LAYOUT,
         "share_att_key": LAYOUT,
     },
+    "ctrl": {"dff": LAYOUT, "n_embd": LAYOUT, "n_layer": LAYOUT},
     "distilbert": {
         "activation": DEFAULT,
         "dim": LAYOUT,

@@ -5,7 +5,8 @@ HF's `*ForCausalLM` runs the decoder without encoder states, so each block's cro
 never called: its weights must be declared unused with that reason (and nothing else), found
 from the recorded forward. Positions are learned tables (BART's offset by 2), Marian's a stored
 sinusoidal table; the embedding norm sits after the positions (BART) or before them
-(BlenderbotSmall). The full port of each fixture is verified in tests/test_port_decoders.py.
+(BlenderbotSmall). CTRL (not an encoder-decoder) computes its fixed sinusoids into a buffer: no
+table among its weights. The full port of each fixture is verified in tests/test_port_decoders.py.
 """
 
 from __future__ import annotations
@@ -80,3 +81,12 @@ def test_blenderbot_small_norm_reads_the_token_embeddings_alone(hf_fixture):
     assert stem.positions is Positions.LEARNED and stem.position_offset == 0
     assert stem.embedding_norm_input is EmbeddingNormInput.TOKENS
     assert stem.embedding_scale is None  # its decoder ignores scale_embedding (transformers 5)
+
+
+def test_ctrl_computed_sinusoids_and_scale(hf_fixture):
+    ir, shapes, config = _ir_and_shapes(hf_fixture("ctrl"))
+    stem = ir.stem
+    assert stem.positions is Positions.SINUSOIDAL and stem.sinusoid_base == 10000.0
+    assert stem.hf_positions is None and not any("pos" in n for n in shapes)
+    assert math.isclose(stem.embedding_scale, math.sqrt(config.n_embd), rel_tol=1e-6)
+    assert ir.head.tied and ir.head.bias

@@ -521,6 +521,14 @@ class Context:
                     "`position_padding_id + 1` on, padding reads row `position_padding_id`.",
                 )
             )
+        if stem.positions is Positions.SINUSOIDAL:
+            args.append(
+                Arg(
+                    "sinusoid_base",
+                    stem.sinusoid_base,
+                    "float. Base of the fixed sinusoidal positions' frequencies.",
+                )
+            )
         if stem.embedding_scale:
             args.append(
                 Arg(
@@ -566,7 +574,7 @@ class Context:
     @property
     def embed_args(self) -> str:
         """Arguments of `backbone.embed()` in a cached forward pass."""
-        if self.ir.stem.positions is Positions.LEARNED:
+        if self.ir.stem.positions in (Positions.LEARNED, Positions.SINUSOIDAL):
             return "token_ids, start_index=cache_update_index"
         return "token_ids"
 

@@ -77,6 +77,9 @@ class Positions(enum.Enum):
     # learned, at row `pad + cumsum(token_ids != pad)` (`pad` for padding): RoBERTa's positions
     # counted from the token ids, `Stem.position_padding_id` the pad
     COUNTED = "counted"
+    # fixed sinusoids computed by the model, not stored: position p reads sin(p * r_k) for
+    # k < d / 2, then cos(p * r_k), with r_k = `Stem.sinusoid_base ** (-2k / d)` (CTRL)
+    SINUSOIDAL = "sinusoidal"
 
 
 class EmbeddingNormInput(enum.Enum):
@@ -314,6 +317,7 @@ class Stem:
     max_positions: int | None = None
     position_offset: int = 0  # rows skipped at the start of the table (OPT: 2)
     position_padding_id: int | None = None  # Positions.COUNTED: the pad id the count skips
+    sinusoid_base: float | None = None  # Positions.SINUSOIDAL: the base of the frequencies
     embedding_scale: float | None = None
     # A norm of the (scaled, projected, position-summed) embeddings before the first block (BLOOM).
     embedding_norm: Norm | None = None

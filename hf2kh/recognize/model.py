@@ -369,8 +369,19 @@ def recognize_model(
     if positions:
         max_positions = G.own_params(positions[0])["weight"][0]
         evidence.append(f"learned positions: {positions[0]} ({max_positions} rows)")
-    elif not any(b.attention.rope or b.attention.alibi for b in block_types):
-        raise UnsupportedModelError("no position information found (no rope, no learned positions)")
+    sinusoid = None
+    if not positions and not any(b.attention.rope or b.attention.alibi for b in block_types):
+        sinusoid = stem_tables.sinusoid_base(stem)
+        if sinusoid is None:
+            raise UnsupportedModelError(
+                "no position information found (no rope, no learned positions, no fixed sinusoids)"
+            )
+        block_in = stem["block"]
+        stem["position"] = stem_tables.sinusoid(block_in.shape[-2], block_in.shape[-1], sinusoid)
+        evidence.append(
+            f"fixed sinusoidal positions (base {sinusoid:g}, sines then cosines) added to the "
+            "token embeddings: no table among the weights, matched on numbers"
+        )
     scale = _embedding_scale(stem)
     offset = _position_offset(stem) if positions and position_padding_id is None else 0
     if offset:
@@ -390,7 +401,10 @@ def recognize_model(
             vocab_size=vocab_size,
             hidden_dim=hidden_dim,
             hf_embedding=embed,
-            positions=_positions_kind(positions, position_padding_id),
+            positions=Positions.SINUSOIDAL
+            if sinusoid
+            else _positions_kind(positions, position_padding_id),
+            sinusoid_base=sinusoid,
             position_padding_id=position_padding_id,
             hf_positions=positions[0] if positions else None,
             max_positions=max_positions,

@@ -111,3 +111,29 @@ def classify(
             f"more than one table of positions {positions} or token types {types}"
         )
     return (positions or [None])[0], (types or [None])[0], counted
+
+
+# The bases tried for fixed sinusoidal positions (the Transformer's).
+SINUSOID_BASES = (10000.0,)
+
+
+def sinusoid(length: int, dim: int, base: float) -> torch.Tensor:
+    """(length, dim): sin(p * r_k) for k < dim / 2, then cos(p * r_k), r_k = base ** (-2k / dim)."""
+    rates = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * rates[None, :]
+    return torch.cat([angles.sin(), angles.cos()], -1).float()
+
+
+def sinusoid_base(captured: dict) -> float | None:
+    """The base of fixed sinusoids the model adds to its (scaled) token embeddings, when the
+    first block's input is `s * embeddings + sinusoid(base)` on numbers (CTRL computes them into
+    a buffer: no table among the weights); None when it is not."""
+    block_in, emb = captured["block"], captured["embed"]
+    if any(k in captured for k in ("projected", "normed")) or block_in.shape[-1] % 2:
+        return None
+    for base in SINUSOID_BASES:
+        rest = block_in - sinusoid(block_in.shape[-2], block_in.shape[-1], base)
+        ratio = float((rest * emb).sum() / (emb * emb).sum())
+        if torch.allclose(rest, emb * ratio, rtol=1e-5, atol=1e-5):
+            return base
+    return None
