@@ -179,9 +179,9 @@ def run_child(body: str, argv: list[str], path: list[str]) -> ChildRun:
     ends = [begin for _, begin in stages[1:]] + [end] if stages else []
     for (name, begin), finish in zip(stages, ends, strict=True):
         stage_s[name] = stage_s.get(name, 0.0) + finish - begin
-    return ChildRun(
-        end - start, int(hwm.group(1)) / 1024 if hwm else float("nan"), stage_s, "".join(lines)
-    )
+    # VmHWM is in KiB; in MB (1e6 bytes), like the checkpoint sizes the ratios divide by
+    peak_mb = int(hwm.group(1)) * 1024 / 1e6 if hwm else float("nan")
+    return ChildRun(end - start, peak_mb, stage_s, "".join(lines))
 
 
 def port(checkpoint: Path, out: Path, name: str, verify: bool = True) -> ChildRun:
