@@ -19,9 +19,11 @@ from tests.fixtures.cli import run_cli
 # (bidirectional attention with the padding mask, post-norm, token types, masked-LM head);
 # glm4_moe: a mixture of experts (top-k, group-limited choice, a correction bias, a shared
 # expert) beside a dense first layer; modernbert: rope in an encoder, bidirectional sliding
-# windows, a first layer without its attention norm, a bias-free masked-LM head.
-FIXTURES = ("mistral", "bloom", "bert", "glm4_moe", "modernbert")
-ENCODERS = ("bert", "modernbert")  # no generation to compare
+# windows, a first layer without its attention norm, a bias-free masked-LM head; albert: one
+# block layer applied at every depth (each call's output compared); eurobert: a masked-LM head
+# that gathers the masked positions in the task and calls the backbone's untied LM head.
+FIXTURES = ("mistral", "bloom", "bert", "glm4_moe", "modernbert", "albert", "eurobert")
+ENCODERS = ("bert", "modernbert", "albert", "eurobert")  # no generation to compare
 
 
 def _console_script() -> str:
