@@ -483,6 +483,22 @@ def test_tree_view_variants_and_ties(inspected):
     assert "lm_head.weight = model.embed_tokens.weight" in tied
 
 
+def test_one_block_called_for_every_layer_is_a_shared_group(inspected):
+    """ALBERT has no numbered blocks: its one layer module, called once per layer (each call
+    reading the previous one's output), is a shared group; JSON keeps it, the tree says so."""
+    graph = inspected("albert").graph
+    (group,) = graph.block_groups
+    block = "albert.encoder.albert_layer_groups.0.albert_layers.0"
+    assert group.shared and group.container == block and group.indices == [0, 1, 2]
+    assert [group.block(i) for i in group.indices] == [block] * 3
+    assert len(graph.module(block).calls) == 3
+    (again,) = LayerGraph.from_dict(json.loads(json.dumps(graph.to_dict()))).block_groups
+    assert again.shared and again.container == block
+    console = Console(record=True, width=240, file=io.StringIO())
+    console.print(render_tree(graph))
+    assert "x3 calls (one block shared by all layers) 0 AlbertLayer" in console.export_text()
+
+
 # ----------------------------------------------------------------------------------------------
 # 7. A real pretrained checkpoint (all-MiniLM-L6-v2, a BERT)
 # ----------------------------------------------------------------------------------------------

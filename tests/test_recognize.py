@@ -184,6 +184,7 @@ def _without_names(data):
     "fixture",
     [
         *("qwen3", "bert", "bert_base", "modernbert", "albert", "roberta_prelayernorm"),
+        *("roberta_cls", "eurobert"),  # a classifier without a pooler; an LM head alone
         # cross-attention found unused by evidence; positions by their lookup; a norm before them
         *("bart", "blenderbot_small"),
     ],

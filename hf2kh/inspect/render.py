@@ -39,7 +39,8 @@ def render_tree(graph: LayerGraph) -> Tree:
         f"[bold]{graph.model_class}[/] model_type={graph.model_type!r} "
         f"[dim]({human_count(total)} params, sample input {graph.sample_input['input_ids']})[/]"
     )
-    collapsed = {g.container: g for g in graph.block_groups}
+    collapsed = {g.container: g for g in graph.block_groups if not g.shared}
+    shared = {g.container: g for g in graph.block_groups if g.shared}
 
     def add(tree: Tree, path: str) -> None:
         node = graph.module(path)
@@ -59,7 +60,11 @@ def render_tree(graph: LayerGraph) -> Tree:
                         branch.add(f"[yellow]differs: {diff}[/]")
                     add(branch, first)
                 continue
-            add(tree.add(_label(graph, child)), child)
+            label = _label(graph, child)
+            if child in shared:
+                calls = len(shared[child].indices)
+                label = f"[magenta]x{calls} calls[/] (one block shared by all layers) " + label
+            add(tree.add(label), child)
 
     add(root, "")
     if graph.tied:
