@@ -299,6 +299,44 @@ def test_modules_returning_tuples_are_refused_in_one_line(model_type, architectu
     assert "\n" not in str(info.value) and module in str(info.value)
 
 
+def _tiny_ir(model_type: str, architecture: str, **overrides):
+    """The IR of a tiny random `architecture` built from its config alone (meta device)."""
+    sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    config = AutoConfig.for_model(
+        model_type, **{**sizes, "intermediate_size": 48, "max_position_embeddings": 64, **overrides}
+    )
+    config.architectures = [architecture]
+    graph, model = build_graph_and_model(config)
+    return recognize_model(graph, model, config, name="m", source="s", revision=None)
+
+
+def test_albert_sharing_blocks_in_groups_is_refused():
+    from hf2kh.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="each called more than once"):
+        _tiny_ir(
+            "albert",
+            "AlbertForMaskedLM",
+            embedding_size=16,
+            num_hidden_layers=4,
+            num_hidden_groups=2,  # layers 0-1 run group 0, layers 2-3 group 1
+        )
+
+
+def test_big_bird_masked_lm_runs_a_pooler_it_does_not_read():
+    """BigBird's masked LM runs its model's pooler: accounted for, declared, not ported; its
+    head's activation is the tanh GELU."""
+    ir = _tiny_ir("big_bird", "BigBirdForMaskedLM", attention_type="original_full")
+    assert ir.head.task is Task.MASKED_LM and ir.head.hf_pooler == "bert.pooler"
+    assert ir.head.transform.activation is Activation.GELU_TANH
+
+
+def test_bert_generation_head_is_the_projection_alone():
+    ir = _tiny_ir("bert-generation", "BertGenerationDecoder")
+    assert ir.head.task is Task.MASKED_LM and ir.head.transform is None
+    assert ir.head.tied and ir.head.bias and not ir.attention.causal
+
+
 def _padded_batch(config, seed: int = 0):
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(0, config.vocab_size, size=(3, 21)).astype("int32")
