@@ -123,9 +123,7 @@ class Context:
 
     def _feedforwards(self, kind: type) -> list:
         """The components of type `kind` of every block type, in order."""
-        return [
-            c for b in self.ir.block_types for c in b.components if isinstance(c.spec, kind)
-        ]
+        return [c for b in self.ir.block_types for c in b.components if isinstance(c.spec, kind)]
 
     @property
     def mlp(self) -> Mlp | None:
