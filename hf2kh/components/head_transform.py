@@ -65,8 +65,8 @@ def recognize(
         ),
         None,
     )
-    if act_call is None:
-        raise UnsupportedModelError(f"{dense}: no activation after the head's dense")
+    if act_call is None:  # a plain projection (OPT-350m's project_out), not a head transform
+        return None, []
     activation = mlp_component.recognize_activation(G, act_call, dense)
     act_out = act_call.outputs[0]
     norms = [
