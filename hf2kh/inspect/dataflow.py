@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from hf2kh.errors import UnsupportedModelError
 from hf2kh.inspect.graph import Call, LayerGraph
 
 # Functional ops that only move, cast or view data: not a computation step of a block.
@@ -45,7 +46,10 @@ class Step:
 def first_call(graph: LayerGraph, module_path: str) -> Call:
     calls = graph.module(module_path).calls
     if not calls:
-        raise ValueError(f"{module_path} was not called in the recorded forward")
+        raise UnsupportedModelError(
+            f"{module_path} was not called in the recorded forward, so what it computes is not "
+            "known"
+        )
     return graph.calls[calls[0]]
 
 

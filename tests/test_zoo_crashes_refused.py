@@ -1,7 +1,11 @@
-"""The stem probe records each block's arguments for the later probes. A key/value cache among
+"""Zoo types that crashed the recognizer (a bug of ours) and are now refused with their reason.
+
+XLM: the stem probe records each block's arguments for the later probes. A key/value cache among
 them (XLM hands its blocks one even with `use_cache=False`) would collect the meta-device run's
-keys and mix devices in every later probe: the probes get no cache, and XLM is refused with its
-reason instead of crashing."""
+keys and mix devices in every later probe: the probes get no cache.
+
+SqueezeBERT: a module the recognizer needs that the sample forward never calls (its blocks run
+inside another module's loop) was a ValueError; it is a refusal naming the module."""
 
 from __future__ import annotations
 
@@ -22,3 +26,10 @@ def test_xlm_is_refused_with_its_reason_not_a_device_crash():
     graph, model = build_graph_and_model(config)
     with pytest.raises(UnsupportedModelError, match="cannot tell the MLP output projection"):
         recognize_model(graph, model, config, name="tiny_xlm", source="xlm", revision=None)
+
+
+def test_a_module_the_sample_forward_never_calls_is_refused_by_name():
+    config, _ = tiny_config(ZooType("squeezebert", "masked_lm", "SqueezeBertForMaskedLM"), TOKENS)
+    graph, model = build_graph_and_model(config)
+    with pytest.raises(UnsupportedModelError, match="was not called in the recorded forward"):
+        recognize_model(graph, model, config, name="tiny_sq", source="squeezebert", revision=None)
