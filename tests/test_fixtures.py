@@ -220,6 +220,15 @@ NOT_LIVE: dict[str, dict[str, str]] = {
         "relative_attention": LAYOUT,
         "share_att_key": LAYOUT,
     },
+    "deberta_v2_cls": {  # the relative settings decide the table's rows and projections
+        "hidden_size": LAYOUT,
+        "intermediate_size": LAYOUT,
+        "max_relative_positions": LAYOUT,
+        "num_hidden_layers": LAYOUT,
+        "pos_att_type": LAYOUT,
+        "relative_attention": LAYOUT,
+        "type_vocab_size": LAYOUT,
+    },
     "ctrl": {"dff": LAYOUT, "n_embd": LAYOUT, "n_layer": LAYOUT},
     "distilbert": {
         "activation": DEFAULT,

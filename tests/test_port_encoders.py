@@ -346,7 +346,7 @@ def _padded_batch(config, seed: int = 0):
     token_ids[padding_mask == 0] = config.pad_token_id
     # a pad token among real tokens: RoBERTa's positions skip it, attention still reads it
     token_ids[0, 6] = config.pad_token_id
-    types = getattr(config, "type_vocab_size", 1)
+    types = getattr(config, "type_vocab_size", 1) or 1  # DeBERTa-v2's 0: no token types
     segment_ids = rng.integers(0, types, size=token_ids.shape) * padding_mask
     return token_ids, padding_mask, segment_ids.astype("int32")
 

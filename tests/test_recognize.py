@@ -185,6 +185,8 @@ def _without_names(data):
     [
         *("qwen3", "bert", "bert_base", "modernbert", "albert", "roberta_prelayernorm"),
         *("roberta_cls", "eurobert"),  # a classifier without a pooler; an LM head alone
+        # relative tables and buckets found on numbers; a gelu ContextPooler
+        *("deberta_v2", "deberta_v2_cls"),
         # cross-attention found unused by evidence; positions by their lookup; a norm before them
         *("bart", "blenderbot_small"),
     ],

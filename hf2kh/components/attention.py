@@ -15,7 +15,7 @@ import dataclasses
 import math
 
 from hf2kh.components import alibi as alibi_component
-from hf2kh.components import fused_qkv, query_temperature
+from hf2kh.components import fused_qkv, query_temperature, relative_attention
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import softcap as softcap_component
@@ -141,14 +141,25 @@ def recognize(
     weights["output"] = o[0]
     # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
     own = [c for c in calls if not any(_within(c.scope, child) for child in children)]
-    _refuse_gathered_scores(G, own, projections)
+    relative = None
+    if "qkv" not in weights and any(c.target == "gather" for c in own):
+        # DeBERTa's disentangled terms: read from the dataflow, confirmed on numbers
+        relative, position_weights, scale = relative_attention.recognize(
+            G, attn, own, q[0], k[0], head_dim, q_out // head_dim, evidence
+        )
+        weights.update(position_weights)
+    else:
+        _refuse_gathered_scores(G, own, projections)
     # a factor computed from the positions alone on the query (Llama 4's temperature tuning)
     positional = query_temperature.position_chain(G, own, q_val, projections)
     own_scored = [c for c in own if c not in positional]
-    scale, softcap, explained = _scores(G, attn, own_scored, scores)
-    # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
-    alibi, product = alibi_component.recognize(G, attn, evidence)
-    scale *= product.get("alpha", 1.0) if scores.target == "baddbmm" else 1.0
+    if relative is None:
+        scale, softcap, explained = _scores(G, attn, own_scored, scores)
+        # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
+        alibi, product = alibi_component.recognize(G, attn, evidence)
+        scale *= product.get("alpha", 1.0) if scores.target == "baddbmm" else 1.0
+    else:  # every op on the score path is checked by the relative terms' numeric probe
+        softcap, alibi, explained = None, None, []
     qk_norm, qk_norm_per_head = None, True
     # BERT's attention normalizes its output after adding the residual: that norm is a block step
     post_norm = post_norm_inside(G, attn, first_call(G.g, attn))
@@ -187,7 +198,7 @@ def recognize(
         rope = rope_component.probe_layout(G, attn, sources, rope, head_dim, query_scale)
         if rope is None:
             evidence.append(f"{attn}: queries and keys are not rotated (probed): no rope")
-    elif alibi is None:
+    elif alibi is None and relative is None:
         # no rotary tables handed to the block: rope built inside the attention (GPT-J)?
         rope = rope_component.recognize_inside(
             G, attn, sources, head_dim, G.model.config, query_scale
@@ -200,6 +211,8 @@ def recognize(
             )
     if rope is not None and rope.layout is RopeLayout.INTERLEAVED:
         allowed = allowed | rope_component.INTERLEAVED_OPS
+    if relative is not None:
+        allowed = allowed | relative_attention.OPS | relative_attention.MASK_OPS
     explain_ops(attn, [c for c in own if c not in explained], allowed)
     spec = Attention(
         num_query_heads=q_heads,
@@ -222,6 +235,7 @@ def recognize(
         alibi=alibi,
         causal=causal,
         query_temperature=temperature,
+        relative=relative,
     )
     evidence.append(
         f"attention: {q_heads} query heads, {k_heads} kv heads, head_dim {head_dim}, "
@@ -412,6 +426,8 @@ def args(a: Attention) -> list[Arg]:
         found += softcap_component.args(a.softcap, SOFTCAP_ARG, "Attention scores")
     if a.query_temperature is not None:
         found += query_temperature.args(a.query_temperature)
+    if a.relative is not None:
+        found += relative_attention.args(a.relative)
     if a.qk_norm is not None:
         found.append(
             Arg(
@@ -499,6 +515,8 @@ def weight_rows(a: Attention, weights: dict[str, str], hf, keras, shapes, hidden
                 f"{name}.bias", bias_shape, f"{keras}/{LAYERS['output']}/bias", bias_shape, ()
             )
         )
+    if a.relative is not None:
+        rows += relative_attention.weight_rows(a, weights, hf, keras, shapes, hidden)
     if a.qk_norm is not None:
         for role in ("query_norm", "key_norm"):
             rows += norm_component.weight_rows(

@@ -1,12 +1,13 @@
 """The sequence-classification head: the first token's final hidden state, through a pooler
-(dense and tanh, BERT's `bert.pooler`) when the model has one, then the classifier projection to
+(dense and tanh, BERT's `bert.pooler`; dense and gelu, DeBERTa's `ContextPooler`) when the model
+has one, then the classifier projection to
 `num_classes` logits (dropout in between is inactive at inference).
 
 Recognized from the dataflow after the last block: a projection to neither the hidden width nor
 the vocabulary, reading the hidden states of position 0 (a `__getitem__` on them), through a
-dense whose activation is probed to be tanh. Emitted as the task's `pooled_dense` and `logits`
-dense layers (`<name>_text_classifier.py`); the checkpoint's `id2label` names are kept with the
-task as its `labels` argument.
+dense whose activation is probed (tanh, gelu, relu or silu). Emitted as the task's
+`pooled_dense` and `logits` dense layers (`<name>_text_classifier.py`); the checkpoint's
+`id2label` names are kept with the task as its `labels` argument.
 """
 
 from __future__ import annotations
@@ -27,12 +28,22 @@ POOLER = "pooled_dense"
 LOGITS = "logits"
 
 
+# Activations a pooler may apply, by their Keras name: the reference each is probed against.
+POOLER_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "gelu": torch.nn.functional.gelu,
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+}
+
+
 @dataclass(frozen=True)
 class Found:
     head: str
     pooler: str | None
     num_classes: int
     explained: list[Call]
+    activation: str = "tanh"  # the pooler's, a Keras activation name
 
 
 def recognize(
@@ -68,8 +79,10 @@ def recognize(
         raise UnsupportedModelError(f"more than one dense before the classifier: {poolers}")
     pooler = poolers[0] if poolers else None
     explained = [first[0]]
+    activation = "tanh"
     if pooler is not None:
-        explained += _pooler_activation(G, after, pooler)
+        activation, calls = _pooler_activation(G, after, pooler)
+        explained += calls
     if "bias" not in G.own_params(head):
         raise UnsupportedModelError(f"{head}: a classifier without a bias is not supported")
     num_classes = G.own_params(head)["weight"][0]
@@ -78,9 +91,9 @@ def recognize(
     ]
     evidence.append(
         f"classifier {head}: {num_classes} classes from the first token"
-        + (f", pooled by {pooler} and tanh (probed)" if pooler else "")
+        + (f", pooled by {pooler} and {activation} (probed)" if pooler else "")
     )
-    return Found(head, pooler, num_classes, explained)
+    return Found(head, pooler, num_classes, explained, activation)
 
 
 def recognize_bare_pooler(G: GraphView, after: list[Call], hidden: int, evidence) -> tuple:
@@ -100,10 +113,12 @@ def recognize_bare_pooler(G: GraphView, after: list[Call], hidden: int, evidence
     if len(poolers) != 1:
         return None, []
     pooler = poolers[0]
-    explained = [first[0], *_pooler_activation(G, after, pooler)]
+    activation, calls = _pooler_activation(G, after, pooler)
+    explained = [first[0], *calls]
     explained += [c for c in after if _within(c.scope, pooler)]
     evidence.append(
-        f"pooler {pooler}: the first token through a dense and tanh (probed); not ported, the "
+        f"pooler {pooler}: the first token through a dense and {activation} (probed); not "
+        "ported, the "
         "backbone outputs the last hidden states"
     )
     return pooler, explained
@@ -122,31 +137,36 @@ def _first_token(G: GraphView, after: list[Call], hidden: int) -> list[Call]:
     ]
 
 
-def _pooler_activation(G: GraphView, after: list[Call], pooler: str) -> list[Call]:
-    """The calls of the pooler's tanh (probed), which must follow its biased dense."""
+def _pooler_activation(G: GraphView, after: list[Call], pooler: str) -> tuple[str, list[Call]]:
+    """(its Keras name, its calls) of the pooler's activation (probed), which must follow its
+    biased dense."""
     act = next(
         (c for c in after if G.out(pooler) in c.inputs and c.target not in PASSTHROUGH), None
     )
-    if act is None or not _is_tanh(G, act):
-        raise UnsupportedModelError(f"{pooler}: the pooler's activation is not tanh")
+    name = next((n for n, fn in POOLER_ACTIVATIONS.items() if act and _computes(G, act, fn)), None)
+    if name is None:
+        raise UnsupportedModelError(
+            f"{pooler}: the pooler's activation is none of {', '.join(POOLER_ACTIVATIONS)}"
+        )
     if "bias" not in G.own_params(pooler):
         raise UnsupportedModelError(f"{pooler}: a pooler without a bias is not supported")
-    return [c for c in after if c is act or _within(c.scope, act.target)]
+    return name, [c for c in after if c is act or _within(c.scope, act.target)]
 
 
 def _within(scope: str, path: str) -> bool:
     return scope == path or scope.startswith(f"{path}.")
 
 
-def _is_tanh(G: GraphView, call: Call) -> bool:
+def _computes(G: GraphView, call: Call, reference) -> bool:
+    """Whether the one-argument activation `call` computes `reference`, on a ramp."""
     x = torch.linspace(-4, 4, 161)
     try:
         if call.kind == "module":
             fn = probes.materialize(G.submodule(call.target))
         else:
-            fn = getattr(torch, call.target)
+            fn = getattr(torch, call.target, None) or getattr(torch.nn.functional, call.target)
         with torch.no_grad():
-            return bool(torch.allclose(fn(x), torch.tanh(x), atol=1e-6))
+            return bool(torch.allclose(fn(x), reference(x), atol=1e-6))
     except Exception:  # noqa: BLE001 - not a one-argument activation
         return False
 

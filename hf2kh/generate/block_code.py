@@ -120,7 +120,13 @@ class BlockCode:
                 continue
             spec = self.block.component(step.component).spec
             (source,) = step.inputs
-            if isinstance(spec, Attention) and not self.cached:
+            if isinstance(spec, Attention) and spec.relative is not None:
+                lines += [
+                    f"{step.out} = self.{step.component}(",
+                    f"    {source}, attention_mask=mask, relative_embeddings=relative_embeddings",
+                    ")",
+                ]
+            elif isinstance(spec, Attention) and not self.cached:
                 lines.append(f"{step.out} = self.{step.component}({source}, attention_mask=mask)")
             elif isinstance(spec, Attention):
                 lines += [

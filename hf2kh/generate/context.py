@@ -118,6 +118,11 @@ class Context:
         return self.block.attention
 
     @property
+    def relative(self):
+        """The attention's disentangled relative-position terms (DeBERTa), or None."""
+        return self.attention.relative
+
+    @property
     def attention_component(self):
         return next(c for c in self.block.components if isinstance(c.spec, Attention))
 
@@ -392,6 +397,8 @@ class Context:
             norms.append(self.ir.head.final_norm)
         if self.ir.stem.embedding_norm is not None:
             norms.append(self.ir.stem.embedding_norm)
+        if self.ir.stem.relative_table_norm is not None:
+            norms.append(self.ir.stem.relative_table_norm)
         mlp, moe = self.mlp, self.moe  # both, when some layers have one and some the other
         groups: list[list[Arg]] = [
             [Arg("hidden_dim", self.ir.stem.hidden_dim, "int. Width of the hidden states.")],

@@ -35,7 +35,9 @@ def package_files(ctx: Context) -> dict[str, str]:
     task = ctx.ir.head.task.value  # "causal_lm", "masked_lm": the task's class and its tests
     files = {
         f"{p}_backbone.py": "backbone.py.jinja",
-        f"{p}_attention.py": "attention.py.jinja",
+        f"{p}_attention.py": "disentangled_attention.py.jinja"
+        if ctx.relative
+        else "attention.py.jinja",
         f"{ctx.block_module}.py": "encoder.py.jinja" if ctx.encoder else "decoder.py.jinja",
         f"{p}_presets.py": "presets.py.jinja",
         f"convert_{p}_checkpoints.py": "convert_checkpoints.py.jinja",
@@ -52,6 +54,8 @@ def package_files(ctx: Context) -> dict[str, str]:
         files[f"{p}_layernorm.py"] = "layernorm.py.jinja"
     if ctx.rope is not None:
         files[f"{p}_rotary_embedding.py"] = "rotary_embedding.py.jinja"
+    if ctx.relative is not None:
+        files[f"{p}_relative_embedding.py"] = "relative_embedding.py.jinja"
     if ctx.moe is not None:
         files[f"{p}_sparse_moe.py"] = "sparse_moe.py.jinja"
     if ctx.sentence_pooling is not None:

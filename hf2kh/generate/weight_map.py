@@ -101,6 +101,17 @@ def build_table(ir: ModelIR, hf_shapes: dict[str, tuple[int, ...]]) -> WeightTab
         rows += norm.weight_rows(
             stem.embedding_norm, stem.hf_embedding_norm, "embeddings_layernorm", hf_shapes
         )
+    if stem.hf_relative_table is not None:
+        rows.append(
+            _row(f"{stem.hf_relative_table}.weight", hf_shapes, "relative_embedding/embeddings")
+        )
+    if stem.relative_table_norm is not None:
+        rows += norm.weight_rows(
+            stem.relative_table_norm,
+            stem.hf_relative_table_norm,
+            "relative_embedding/layer_norm",
+            hf_shapes,
+        )
     if head.hf_output_projection is not None:
         rows.append(_dense(f"{head.hf_output_projection}.weight", hf_shapes, "output_projection"))
     # a block shared by all layers has one set of weights, in one Keras layer

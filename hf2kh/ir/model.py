@@ -143,6 +143,27 @@ class Alibi:
 
 
 @dataclass(frozen=True)
+class RelativePositions:
+    """DeBERTa's disentangled attention terms, added to the content scores `q . k`: query `i`
+    and key `j` read row `span + bucket(i - j)` (clipped to the `2 * span` rows) of the shared
+    relative table the backbone hands every layer. Content-to-position adds `q_i . pk_r` (`pk`:
+    the table's rows through the key projection, or a separate position-key one), position-to-
+    content `k_j . pq_r'` at `r' = span - bucket(i - j)` (`pq`: through the query projection, or a
+    separate position-query one). Every term is divided by `sqrt(head_dim * (1 + terms))`.
+    `bucket(d)` is `d` while `|d| < buckets // 2`, else log-spaced up to `max_distance`; with
+    `buckets` 0, `d` itself."""
+
+    span: int
+    buckets: int
+    max_distance: int
+    content_to_position: bool
+    position_to_content: bool
+    shared_projections: bool  # the table goes through the content key / query projections
+    position_key_bias: bool = True  # a separate position-key projection's bias
+    position_query_bias: bool = True
+
+
+@dataclass(frozen=True)
 class Attention:
     num_query_heads: int
     num_key_value_heads: int
@@ -164,6 +185,7 @@ class Attention:
     softcap: float | None = None  # scores become `softcap * tanh(scores / softcap)` (Gemma 2)
     alibi: Alibi | None = None  # a linear position bias on the scores instead of rope
     query_temperature: QueryTemperature | None = None
+    relative: RelativePositions | None = None  # disentangled relative-position terms (DeBERTa)
 
 
 @dataclass(frozen=True)
@@ -333,6 +355,13 @@ class Stem:
     # Token-type (segment) embeddings added to the token embeddings (BERT's `token_type_ids`).
     hf_token_types: str | None = None
     type_vocab_size: int | None = None
+    # The relative-position table every block's attention reads (DeBERTa's
+    # `encoder.rel_embeddings`), normalized first when `relative_table_norm` is set.
+    hf_relative_table: str | None = None
+    relative_table_norm: Norm | None = None
+    hf_relative_table_norm: str | None = None
+    # The embeddings are multiplied by the padding mask before the first block (DeBERTa).
+    masked_embeddings: bool = False
 
 
 class Task(enum.Enum):
@@ -381,6 +410,8 @@ class Head:
     hf_pooler: str | None = None
     num_classes: int | None = None
     labels: tuple[str, ...] = ()
+    # Task.TEXT_CLASSIFIER: the activation after the pooler's dense, a Keras activation name
+    pooler_activation: str = "tanh"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from hf2kh.components import classifier_head, head_transform
+from hf2kh.components import classifier_head, head_transform, relative_attention
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import scale as scale_component
@@ -81,6 +81,7 @@ def recognize_model(
         )
     block_call = first_call(graph, block0)
     last_block_call = graph.calls[graph.module(blocks[-1]).calls[-1]]
+    _refuse_modules_between_blocks(G, group.container, block_call, last_block_call)
 
     stem_modules = [
         c.target
@@ -370,7 +371,12 @@ def recognize_model(
         max_positions = G.own_params(positions[0])["weight"][0]
         evidence.append(f"learned positions: {positions[0]} ({max_positions} rows)")
     sinusoid = None
-    if not positions and not any(b.attention.rope or b.attention.alibi for b in block_types):
+    relative_table, relative_norm, relative_norm_path = _relative_table(
+        G, block_types, block_call, hidden_dim, evidence
+    )
+    if not positions and not any(
+        b.attention.rope or b.attention.alibi or b.attention.relative for b in block_types
+    ):
         sinusoid = stem_tables.sinusoid_base(stem)
         if sinusoid is None:
             raise UnsupportedModelError(
@@ -419,6 +425,10 @@ def recognize_model(
             project_last=project_last,
             hf_token_types=token_types,
             type_vocab_size=type_vocab_size,
+            hf_relative_table=relative_table,
+            relative_table_norm=relative_norm,
+            hf_relative_table_norm=relative_norm_path,
+            masked_embeddings=_masked_embeddings(G, block_call, embedding_out, evidence),
         ),
         block_types=tuple(block_types),
         layers=tuple(layers),
@@ -438,12 +448,71 @@ def recognize_model(
             hf_pooler=classifier.pooler if classifier else pooler,
             num_classes=classifier.num_classes if classifier else None,
             labels=_labels(config, classifier.num_classes) if classifier else (),
+            pooler_activation=classifier.activation if classifier else "tanh",
         ),
         bos_token_id=_token_id(config, "bos_token_id"),
         eos_token_id=_token_id(config, "eos_token_id"),
         pad_token_id=_token_id(config, "pad_token_id"),
         evidence=tuple(evidence),
     )
+
+
+def _refuse_modules_between_blocks(G: GraphView, container: str, first, last) -> None:
+    """Stop the port when a module with weights outside the blocks runs between the first and
+    the last block (DeBERTa's `conv` after its first layer, `conv_kernel_size` > 0): no step of
+    the IR computes it."""
+    for c in G.g.calls:
+        if not (first.index < c.index < last.index) or c.kind != "module":
+            continue
+        inside = c.target == container or c.target.startswith(f"{container}.")
+        if inside or not G.subtree_params(c.target):
+            continue
+        if not any(G.derives(v, first.outputs[0]) for v in c.inputs):
+            continue  # not on the blocks' outputs (a shared table computed between them)
+        raise UnsupportedModelError(
+            f"module {c.target} runs between the blocks, on their outputs: no component "
+            "computes it; porting without it would compute something else"
+        )
+
+
+def _relative_table(G: GraphView, block_types, block_call, hidden_dim: int, evidence):
+    """(table module, its norm, the norm's path) of the relative-position table the blocks'
+    disentangled attention reads (DeBERTa's `rel_embeddings`, LayerNorm-ed or not)."""
+    if not any(b.attention.relative for b in block_types):
+        return None, None, None
+    table, norm_path = relative_attention.table_source(G, block_call)
+    rows, width = G.own_params(table)["weight"]
+    norm = None
+    if norm_path is not None:
+        norm = norm_component.recognize(G, norm_path, width)
+    evidence.append(
+        f"relative-position table {table} ({rows}x{width}) handed to every block"
+        + (f", normalized by {norm_path}: {norm_component.describe(norm)}" if norm else "")
+    )
+    return table, norm, norm_path
+
+
+def _masked_embeddings(G: GraphView, block_call, embedding_out: int, evidence) -> bool:
+    """Whether the stem multiplies the embeddings by the attention mask before the first block
+    (DeBERTa): a `mul` of a value derived from the token embeddings by one derived from the mask
+    input, which the first block reads."""
+    mask = next((v.id for v in G.g.values if v.source == "input:attention_mask"), None)
+    if mask is None:
+        return False
+    for c in G.g.calls:
+        if c.index >= block_call.index or c.target != "mul" or len(c.inputs) != 2:
+            continue
+        a, b = c.inputs
+        if {G.derives(a, embedding_out), G.derives(b, embedding_out)} != {True, False}:
+            continue
+        other = b if G.derives(a, embedding_out) else a
+        if G.derives(other, mask) and G.derives(block_call.inputs[0], c.outputs[0]):
+            evidence.append(
+                f"the embeddings are multiplied by the padding mask before the first block "
+                f"(`mul` in {c.scope or 'the model'})"
+            )
+            return True
+    return False
 
 
 def _run_stem(model, embed, block0, skip, length, evidence, **kwargs) -> tuple[dict, int]:

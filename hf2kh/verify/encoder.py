@@ -115,9 +115,11 @@ def verify_masked_lm(
             per_layer[i].append(
                 compare(layer_name, hf_out, to_numpy(keras_layers[i]), valid, tolerance)
             )
+            block_input = keras.ops.convert_to_tensor(recorder.inputs[i].numpy())
             block_alone = layer(
-                keras.ops.convert_to_tensor(recorder.inputs[i].numpy()),
+                block_input,
                 padding_mask=inputs["padding_mask"],
+                **_shared_block_inputs(backbone, block_input),
             )
             alone[i].append(
                 compare(f"{layer_name} alone", hf_out, to_numpy(block_alone), valid, tolerance)
@@ -149,6 +151,14 @@ def verify_masked_lm(
     report.first_divergence = first_divergence(report.checks, block_paths)
     report.checks.extend(_tokenizer_ids(hf_tokenizer, preprocessor, corpus))
     return report
+
+
+def _shared_block_inputs(backbone, hidden_states) -> dict:
+    """What the backbone hands every block besides the hidden states and the mask: the
+    relative-position table of a disentangled attention (DeBERTa), computed by its layer."""
+    if getattr(backbone, "relative_embedding", None) is None:
+        return {}
+    return {"relative_embeddings": backbone.relative_embedding(hidden_states)}
 
 
 def _hidden_states(output) -> torch.Tensor:
