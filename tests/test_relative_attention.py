@@ -97,11 +97,22 @@ def test_a_changed_score_scale_is_caught_by_the_probe(monkeypatch):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("terms", [["c2p", "p2c"], None])
+def test_without_relative_terms_the_computed_scale_is_measured(terms):
+    """With `relative_attention` off, HF still divides the scores by sqrt(head_dim * (1 +
+    the c2p/p2c entries of pos_att_type)), computed at run time: measured on numbers."""
+    config = _tiny(relative_attention=False, position_biased_input=True, pos_att_type=terms)
+    ir = _recognize(config)
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert ir.attention.relative is None and ir.stem.hf_relative_table is None
+    assert ir.attention.scale == pytest.approx((head_dim * (1 + len(terms or []))) ** -0.5)
+
+
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
         (dict(conv_kernel_size=3), "module deberta.encoder.conv runs between the blocks"),
-        (dict(relative_attention=False), "op `sqrt` in deberta.encoder.layer.0.attention.self"),
+        (dict(legacy=False), "op `linear` in lm_predictions.lm_head.dense"),
     ],
 )
 def test_options_no_component_computes_are_refused_in_one_line(changes, reason):

@@ -15,7 +15,7 @@ import dataclasses
 import math
 
 from hf2kh.components import alibi as alibi_component
-from hf2kh.components import fused_qkv, query_temperature, relative_attention
+from hf2kh.components import computed_scale, fused_qkv, query_temperature, relative_attention
 from hf2kh.components import norm as norm_component
 from hf2kh.components import rope as rope_component
 from hf2kh.components import softcap as softcap_component
@@ -142,7 +142,7 @@ def recognize(
     # Ops inside child modules (projections, norms) are theirs; the rest is attention's own.
     own = [c for c in calls if not any(_within(c.scope, child) for child in children)]
     relative = None
-    if "qkv" not in weights and any(c.target == "gather" for c in own):
+    if "qkv" not in weights and _gathered_terms(G, own, projections):
         # DeBERTa's disentangled terms: read from the dataflow, confirmed on numbers
         relative, position_weights, scale = relative_attention.recognize(
             G, attn, own, q[0], k[0], head_dim, q_out // head_dim, evidence
@@ -153,8 +153,16 @@ def recognize(
     # a factor computed from the positions alone on the query (Llama 4's temperature tuning)
     positional = query_temperature.position_chain(G, own, q_val, projections)
     own_scored = [c for c in own if c not in positional]
+    computed = [] if relative is not None else computed_scale.find(G, own_scored, scores)
+    if computed and "qkv" in weights:
+        raise UnsupportedModelError(f"{attn}: a computed score scale with a fused q/k/v")
     if relative is None:
-        scale, softcap, explained = _scores(G, attn, own_scored, scores)
+        scored = [c for c in own_scored if c not in computed]
+        scale, softcap, explained = _scores(G, attn, scored, scores)
+        if computed:  # DeBERTa's sqrt(head_dim * scale_factor): measured on numbers
+            scale = computed_scale.measure(G, attn, q[0], k[0], q_out // head_dim, head_dim)
+            explained = [*explained, *computed]
+            evidence.append(f"{attn}: the score scale is computed at run time: {scale:.6g}")
         # On numbers: a bias added to the scores (ALiBi), and `baddbmm`'s own factor on q . k
         alibi, product = alibi_component.recognize(G, attn, evidence)
         scale *= product.get("alpha", 1.0) if scores.target == "baddbmm" else 1.0
@@ -213,6 +221,8 @@ def recognize(
         allowed = allowed | rope_component.INTERLEAVED_OPS
     if relative is not None:
         allowed = allowed | relative_attention.OPS | relative_attention.MASK_OPS
+    elif computed:  # DeBERTa's attention without relative terms masks with `masked_fill`
+        allowed = allowed | relative_attention.MASK_OPS
     explain_ops(attn, [c for c in own if c not in explained], allowed)
     spec = Attention(
         num_query_heads=q_heads,
@@ -298,25 +308,31 @@ def _refuse_latent_key_value(G: GraphView, attn: str, k: list[str], v: list[str]
         )
 
 
-def _refuse_gathered_scores(G: GraphView, own, projections: list[str]) -> None:
-    """Stop the port, naming the op, when the scores reaching the softmax add terms picked out
-    of another product by a `gather` on position indices (relative-position attention: DeBERTa's
-    content-to-position and position-to-content terms); no component computes that yet. A
-    gather from what no projection computed (GPT-J's sin/cos rows at the position ids) is not
+def _gathered_terms(G: GraphView, own, projections: list[str]) -> list:
+    """The `gather`s picking terms of the scores reaching the softmax out of another product
+    (relative-position attention: DeBERTa's content-to-position and position-to-content terms).
+    A gather from what no projection computed (GPT-J's sin/cos rows at the position ids) is not
     such a term."""
     softmax = next(c for c in own if c.target == "softmax")
-    for c in own:
-        if (
-            c.target == "gather"
-            and c.outputs
-            and G.derives(softmax.inputs[0], c.outputs[0])
-            and any(G.derives(c.inputs[0], G.out(p)) for p in projections)
-        ):
-            raise UnsupportedModelError(
-                f"op `gather` in {c.scope}: the attention scores add terms gathered by position "
-                "index from other products (relative-position attention, as DeBERTa's "
-                "disentangled attention): not supported yet"
-            )
+    return [
+        c
+        for c in own
+        if c.target == "gather"
+        and c.outputs
+        and G.derives(softmax.inputs[0], c.outputs[0])
+        and any(G.derives(c.inputs[0], G.out(p)) for p in projections)
+    ]
+
+
+def _refuse_gathered_scores(G: GraphView, own, projections: list[str]) -> None:
+    """Stop the port, naming the op, when the scores add gathered terms (`_gathered_terms`) that
+    no component computes (a fused q/k/v: the relative terms are only read from separate ones)."""
+    for c in _gathered_terms(G, own, projections):
+        raise UnsupportedModelError(
+            f"op `gather` in {c.scope}: the attention scores add terms gathered by position "
+            "index from other products (relative-position attention, as DeBERTa's "
+            "disentangled attention): not supported yet"
+        )
 
 
 def _parts(G: GraphView, attn: str) -> tuple[list[str], list[str], list[str]]:

@@ -72,7 +72,12 @@ def recognize(
 ) -> tuple[RelativePositions, dict[str, str], float]:
     """(the terms, the separate position projections by role, the score scale) of the attention
     module `attn` whose scores add gathered terms; `query`/`key`: its content projections."""
-    gathers = [c for c in own if c.target == "gather"]
+    softmax = next(c for c in own if c.target == "softmax")
+    gathers = [
+        c
+        for c in own
+        if c.target == "gather" and c.outputs and G.derives(softmax.inputs[0], c.outputs[0])
+    ]
     table = _table_value(G, attn)
     if table is None:
         raise _refused(gathers[0], "no relative-position table is handed to the attention")

@@ -465,7 +465,8 @@ def _refuse_modules_between_blocks(G: GraphView, container: str, first, last) ->
         if not (first.index < c.index < last.index) or c.kind != "module":
             continue
         inside = c.target == container or c.target.startswith(f"{container}.")
-        if inside or not G.subtree_params(c.target):
+        holds = container.startswith(f"{c.target}.")  # a wrapper calling the blocks (ALBERT)
+        if inside or holds or not G.subtree_params(c.target):
             continue
         if not any(G.derives(v, first.outputs[0]) for v in c.inputs):
             continue  # not on the blocks' outputs (a shared table computed between them)
