@@ -44,6 +44,15 @@ Rtol = Annotated[
     typer.Option(help="Tolerance (error relative to RMS + |element|); default: the dtype's."),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary on stdout.")]
+Stream = Annotated[
+    bool | None,
+    typer.Option(
+        "--stream/--no-stream",
+        help="Hold one block at a time (HF and Keras sides, conversion): for models that do not "
+        "fit in memory twice; one short batch, no greedy generation compared. Default: stream "
+        "when the float32 HF model and the port would not fit in the available memory.",
+    ),
+]
 AllowPickle = Annotated[
     bool,
     typer.Option("--allow-pickle", help="Allow pickled .bin weights (loaded with weights_only)."),
@@ -105,6 +114,7 @@ def port(
     rtol: Rtol = None,
     junit: Junit = None,
     quiet: Quiet = False,
+    stream: Stream = None,
 ) -> None:
     """Generate a KerasHub package for a checkpoint, convert its weights, optionally verify.
 
@@ -136,6 +146,7 @@ def port(
         junit=junit,
         backend=backend,
         rtol=rtol,
+        stream=stream,
     )
     if device != "cpu":
         os.environ.setdefault("KERAS_TORCH_DEVICE", device)
@@ -168,6 +179,7 @@ def verify(
     rtol: Rtol = None,
     junit: Junit = None,
     quiet: Quiet = False,
+    stream: Stream = None,
 ) -> None:
     """Re-check an existing port (its package and preset) against its checkpoint or another one.
 
@@ -197,6 +209,7 @@ def verify(
         token=token,
         trust_remote_code=trust_remote_code,
         options=options,
+        stream=stream,
     )
     if junit:
         report.write_junit(junit)

@@ -38,11 +38,14 @@ class PortOptions:
     junit: Path | None = None
     backend: str = "torch"  # the Keras backend verification runs on
     rtol: float | None = None  # overrides the dtype's verification tolerance
+    # hold one block at a time (conversion, reference outputs, verification); None: when the
+    # model would not fit in memory twice (`hf2kh.verify.stream.estimate`)
+    stream: bool | None = None
 
-    def verify_options(self):
+    def verify_options(self, stream: bool = False):
         from hf2kh.verify.run import VerifyOptions
 
-        return VerifyOptions(self.dtype, self.device, self.backend, self.rtol)
+        return VerifyOptions(self.dtype, self.device, self.backend, self.rtol, stream)
 
 
 @dataclass
@@ -163,6 +166,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         list(getattr(meta_model, "_keys_to_ignore_on_load_unexpected", None) or []),
     )
     audit_checkpoint(table, {n: i.shape for n, i in index.items()})
+    stream = _choose_streaming(options, index, progress)
 
     progress("generate: writing the KerasHub package")
     preset_dir = staging / "preset"
@@ -174,7 +178,13 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         num_params=num_params,
         sentence_pooling=read_pooling(ckpt.path) if ir.head.task is Task.BASE else None,
     )
-    hf_model = load_hf_model(ckpt, config, options.device, options.trust_remote_code)
+    if stream:
+        from hf2kh.verify.stream import streamed_hf_model
+
+        blocks = [ir.block_path(i) for i in range(ir.num_layers)]
+        hf_model = streamed_hf_model(ckpt, config, blocks, options.device)
+    else:
+        hf_model = load_hf_model(ckpt, config, options.device, options.trust_remote_code)
     hf_tokenizer = load_hf_tokenizer(ckpt)
     package_dir = staging / name
     files = write_package(ctx, package_dir, ckpt.path, table, hf_model, hf_tokenizer)
@@ -185,7 +195,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     audit_keras(table, keras_variables)
 
     progress("convert: running the generated conversion script")
-    run_conversion(staging, name, ckpt.path, preset_dir, options.dtype)
+    run_conversion(staging, name, ckpt.path, preset_dir, options.dtype, stream)
 
     result = PortResult(
         name=name,
@@ -216,13 +226,30 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
         files = PortFiles(staging, name, preset_dir, staging / "model_ir.json")
         reference = Reference(Path(ckpt.path), options.trust_remote_code)
         hf_side = HFSide(hf_model, hf_tokenizer, tokenizer_spec)
-        verification = verify_port(module, ir, files, reference, hf_side, options.verify_options())
+        verify_options = options.verify_options(stream)
+        verification = verify_port(module, ir, files, reference, hf_side, verify_options)
         result.verification = verification
         report.update(report_fields(verification))
         if options.junit:
             verification.write_junit(options.junit)
     result.report_path.write_text(json.dumps(report, indent=1) + "\n")
     return result
+
+
+def _choose_streaming(options: PortOptions, index, progress) -> bool:
+    """`--stream`/`--no-stream`, else stream when the model would not fit in memory twice."""
+    from hf2kh.verify.stream import checkpoint_params, estimate
+
+    if options.stream is not None:
+        stream = options.stream
+        if stream:
+            progress("memory: streaming block by block (--stream)")
+        return stream
+    need = estimate(checkpoint_params(index), options.dtype)
+    if need.fits:
+        return False
+    progress(f"memory: streaming block by block: the model {need.describe()}")
+    return True
 
 
 def load_hf_model(ckpt, config, device: str = "cpu", trust_remote_code: bool = False):
@@ -275,14 +302,25 @@ def import_generated(parent: Path, name: str):
 
 
 def _keras_variables(backbone_cls, task_cls, config: dict) -> dict[str, tuple[int, ...]]:
-    """The variables the conversion fills: the task's (its backbone's and its head's)."""
-    backbone = backbone_cls(**config)
-    task = backbone if task_cls is backbone_cls else task_cls(backbone)
+    """The variables the conversion fills: the task's (its backbone's and its head's). Built
+    without values (no random initial weights: a large model would not fit)."""
+    import keras
+
+    from hf2kh.verify.stream import forget_uninitialized
+
+    with keras.StatelessScope(initialize_variables=False):
+        backbone = backbone_cls(**config)
+        # not compiled: compiling makes an optimizer, whose variables need values
+        task = backbone if task_cls is backbone_cls else task_cls(backbone, compile=False)
+    forget_uninitialized(task.weights)
     return {v.path: tuple(v.shape) for v in task.weights}
 
 
-def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtype: str) -> None:
-    """Run the generated script in a fresh interpreter, exactly as a user would."""
+def run_conversion(
+    parent: Path, name: str, checkpoint: Path, preset: Path, dtype: str, stream: bool = False
+) -> None:
+    """Run the generated script in a fresh interpreter, exactly as a user would (`--stream`:
+    each tensor read as the preset is written, never the whole model)."""
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
     env["PYTHONPATH"] = os.pathsep.join([str(parent), env.get("PYTHONPATH", "")])
     command = [
@@ -295,6 +333,7 @@ def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtyp
         str(preset),
         "--dtype",
         dtype,
+        *(["--stream"] if stream else []),
     ]
     result = subprocess.run(command, cwd=parent, env=env, capture_output=True, text=True)
     if result.returncode != 0:

@@ -115,7 +115,7 @@ def _final_hidden_module(ctx: Context) -> str:
 def write_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None:
     """HF's outputs on a fixed padded batch and a greedy continuation, for the package's tests."""
     from hf2kh.verify.decoder import hf_greedy
-    from hf2kh.verify.layer_checks import Case, make_inputs
+    from hf2kh.verify.layer_checks import Case, hf_device, make_inputs
 
     vocab = ctx.ir.stem.vocab_size
     limit = ctx.max_positions or 4096
@@ -125,7 +125,7 @@ def write_reference(ctx: Context, hf_model: torch.nn.Module, path: Path) -> None
     handle = module.register_forward_hook(
         lambda m, a, out: captured.update(h=out[0] if isinstance(out, tuple) else out)
     )
-    device = next(hf_model.parameters()).device
+    device = hf_device(hf_model)
     try:
         with torch.no_grad():
             logits = hf_model(

@@ -104,7 +104,9 @@ CPU_FALLBACK_MAX_PARAMS = 300_000_000
 def build_graph_and_model(config, trust_remote_code: bool = False):
     """The layer graph and the meta-device model (for probes), the graph recorded from the same
     model on `meta`, or on the CPU when its forward cannot run on `meta` and it is small."""
-    model = instantiate(config, "meta", trust_remote_code=trust_remote_code)
+    # float32 whatever the config's dtype (a bfloat16 config builds a bfloat16 model, whose
+    # probes would compute rotary tables and norms in bfloat16): the reference is float32
+    model = instantiate(config, "meta", torch.float32, trust_remote_code=trust_remote_code)
     inputs = sample_inputs(config, "meta")
     try:
         with _meta_mask_checks():
@@ -127,7 +129,7 @@ def _record_on_cpu(meta_model, config, trust_remote_code: bool, meta_error: str)
     """The layer graph recorded from the model built on the CPU with random weights: the same
     modules, parameters and dataflow as on `meta`, where data-dependent code can run."""
     torch.manual_seed(0)
-    model = instantiate(config, "cpu", trust_remote_code=trust_remote_code)
+    model = instantiate(config, "cpu", torch.float32, trust_remote_code=trust_remote_code)
     inputs = sample_inputs(config, "cpu")
     try:
         with torch.no_grad():

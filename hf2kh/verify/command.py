@@ -56,9 +56,13 @@ def run_verify(
     token: str | None = None,
     trust_remote_code: bool = False,
     options=None,
+    stream: bool | None = None,
 ):
     """Verify the port in `port_dir` against `repo` (default: the port's own checkpoint) and
-    record the result in its report.json. Returns the `VerifyReport`."""
+    record the result in its report.json; `stream` None: streamed when the model would not fit
+    in memory twice (`hf2kh.verify.stream`). Returns the `VerifyReport`."""
+    import dataclasses
+
     from hf2kh.source import open_checkpoint
     from hf2kh.verify.run import Reference, VerifyOptions, report_fields, verify
 
@@ -74,6 +78,12 @@ def run_verify(
     )
     if ckpt.weight_format != "safetensors":
         raise SourceError("hf2kh verify reads safetensors checkpoints only")
+    if stream is None:
+        from hf2kh.source import tensor_index
+        from hf2kh.verify.stream import checkpoint_params, estimate
+
+        stream = not estimate(checkpoint_params(tensor_index(ckpt)), options.dtype).fits
+    options = dataclasses.replace(options, stream=stream)
     report = verify(port.files, Reference(Path(ckpt.path), trust_remote_code), options)
     data = {**port.report, **report_fields(report)}
     data["verified_against"] = {"repo": repo, "revision": ckpt.revision}

@@ -20,6 +20,7 @@ from hf2kh.verify.layer_checks import (
     as_check,
     default_cases,
     first_divergence,
+    hf_device,
     layer_check,
     layer_outputs_model,
     make_inputs,
@@ -44,9 +45,11 @@ def verify_decoder(
     new_tokens: int = 16,
     rtol: float | None = None,
     sublayers: list[list[Point]] | None = None,
+    greedy: bool = True,
 ) -> VerifyReport:
     """`rtol` overrides the dtype's tolerance; `sublayers` (`hf2kh.verify.sublayers`) are the
-    module outputs compared inside each block to say where a failing block goes wrong."""
+    module outputs compared inside each block to say where a failing block goes wrong; without
+    `greedy` (streamed verification) generation is not compared and the report notes it."""
     import keras
 
     report = VerifyReport(model=name, dtype=dtype, device=device)
@@ -69,7 +72,7 @@ def verify_decoder(
         hf_points = HFPointRecorder(hf_model, points)
         try:
             with torch.no_grad():
-                device_of = next(hf_model.parameters()).device
+                device_of = hf_device(hf_model)
                 hf_logits = (
                     hf_model(
                         input_ids=torch.as_tensor(token_ids, dtype=torch.long, device=device_of),
@@ -131,7 +134,8 @@ def verify_decoder(
             f"; first diverging sublayer ({mode}): Keras {keras_path} = HF {hf_path}, {where}"
         )
 
-    report.checks.append(_greedy_check(hf_model, causal_lm, vocab, new_tokens, tolerance))
+    if greedy:
+        report.checks.append(_greedy_check(hf_model, causal_lm, vocab, new_tokens, tolerance))
     report.checks.extend(_tokenizer_checks(hf_tokenizer, causal_lm.preprocessor, corpus))
     return report
 
@@ -215,7 +219,7 @@ def _localize(checks, sublayers, order, results) -> list[Check]:
 def hf_greedy(hf_model, prompt: np.ndarray, new_tokens: int, with_scale: bool = False):
     """HF's greedy continuation by full forward passes (no cache), with the top-2 margins (and,
     with `with_scale`, the RMS of each step's logits)."""
-    device = next(hf_model.parameters()).device
+    device = hf_device(hf_model)
     ids = torch.as_tensor(prompt, dtype=torch.long, device=device)
     tokens, margins, scales = [], [], []
     with torch.no_grad():

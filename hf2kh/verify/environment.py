@@ -37,6 +37,7 @@ def environment(options) -> dict:
         "dtype": options.dtype,
         "tolerance": options.rtol if options.rtol is not None else TOLERANCES[options.dtype],
         "tolerance_source": "--rtol" if options.rtol is not None else f"{options.dtype} default",
+        "streamed": bool(getattr(options, "stream", False)),
         "tf32": {
             "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
             "cudnn": bool(torch.backends.cudnn.allow_tf32),

@@ -67,6 +67,12 @@ class HFRecorder:
             h.remove()
 
 
+def hf_device(model: torch.nn.Module) -> torch.device:
+    """Where the HF model's inputs go: its parameters' device, or the device a streamed model
+    (`hf2kh.verify.stream`, parameters on `meta` until their block runs) reads them to."""
+    return getattr(model, "hf2kh_device", None) or next(model.parameters()).device
+
+
 def to_numpy(x) -> np.ndarray:
     import keras
 
@@ -140,4 +146,8 @@ def layer_outputs_model(backbone):
         layer._inbound_nodes[layers[:i].count(layer)].output_tensors[0]
         for i, layer in enumerate(layers)
     ]
-    return keras.Model(backbone.input, outputs)
+    # Built in a stateless scope: outside one, Keras' torch backend gathers every variable's
+    # value into the new model's torch parameters, which would read every variable of a streamed
+    # model (`hf2kh.verify.stream`) into memory at once.
+    with keras.StatelessScope(initialize_variables=False):
+        return keras.Model(backbone.input, outputs)

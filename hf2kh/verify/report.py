@@ -34,6 +34,7 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     first_divergence: str | None = None
     environment: dict = field(default_factory=dict)  # hf2kh.verify.environment
+    notes: list[str] = field(default_factory=list)  # what was not compared, and why
 
     @property
     def passed(self) -> bool:
@@ -47,6 +48,7 @@ class VerifyReport:
             "passed": self.passed,
             "first_divergence": self.first_divergence,
             "environment": self.environment,
+            "notes": self.notes,
             "checks": [
                 {
                     "name": c.name,
@@ -85,6 +87,7 @@ class VerifyReport:
             checks,
             data.get("first_divergence"),
             data.get("environment") or {},
+            list(data.get("notes") or []),
         )
 
     def write_junit(self, path: Path) -> None:
@@ -183,5 +186,7 @@ def print_report(report: VerifyReport, console: Console | None = None) -> None:
             short_detail(c),
         )
     console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
     if report.first_divergence:
         console.print(f"[red]first divergence:[/] {report.first_divergence}")

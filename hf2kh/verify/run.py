@@ -29,6 +29,7 @@ class VerifyOptions:
     device: str = "cpu"
     backend: str = "torch"
     rtol: float | None = None  # None: the dtype's tolerance (`hf2kh.verify.compare.TOLERANCES`)
+    stream: bool = False  # hold one block at a time on both sides (`hf2kh.verify.stream`)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -73,7 +74,8 @@ def verify(files: PortFiles, reference: Reference, options: VerifyOptions, loade
     from hf2kh.port import import_generated
 
     ir = from_dict(json.loads(files.model_ir.read_text()))
-    hf = loaded or load_hf_side(reference, options)
+    blocks = [ir.block_path(i) for i in range(ir.num_layers)]
+    hf = loaded or load_hf_side(reference, options, blocks)
     module = import_generated(files.parent, files.name)
     return verify_loaded(module, ir, files, hf, options)
 
@@ -85,14 +87,23 @@ class HFSide:
     tokenizer_spec: object
 
 
-def load_hf_side(reference: Reference, options: VerifyOptions) -> HFSide:
+def load_hf_side(
+    reference: Reference, options: VerifyOptions, block_paths: list[str] = ()
+) -> HFSide:
+    """The HF model, its tokenizer and tokenizer spec; streamed (`block_paths` are the blocks
+    read one at a time) with `options.stream`."""
     from hf2kh.generate.tokenizer import read_tokenizer_spec
     from hf2kh.port import load_hf_model, load_hf_tokenizer
     from hf2kh.source import load_config, open_checkpoint
 
     ckpt = open_checkpoint(str(reference.path), trust_remote_code=reference.trust_remote_code)
     config = load_config(ckpt)
-    model = load_hf_model(ckpt, config, options.device, reference.trust_remote_code)
+    if options.stream:
+        from hf2kh.verify.stream import streamed_hf_model
+
+        model = streamed_hf_model(ckpt, config, block_paths, options.device)
+    else:
+        model = load_hf_model(ckpt, config, options.device, reference.trust_remote_code)
     return HFSide(model, load_hf_tokenizer(ckpt), read_tokenizer_spec(ckpt.path))
 
 
@@ -106,6 +117,10 @@ def verify_loaded(module, ir, files: PortFiles, hf: HFSide, options: VerifyOptio
     from hf2kh.verify.sublayers import sublayer_points
     from hf2kh.verify.terminal import native_stderr_silenced
 
+    if options.stream and ir.head.task.value != "causal_lm":
+        raise BadOptionError(
+            f"streamed verification covers causal LMs; this port is a {ir.head.task.value}"
+        )
     if ir.head.task.value != "causal_lm":  # encoders: hf2kh.verify.encoder
         from hf2kh.verify.encoder import verify_masked_lm_port
 
@@ -122,8 +137,13 @@ def verify_loaded(module, ir, files: PortFiles, hf: HFSide, options: VerifyOptio
         )
         report.environment = environment(options)
         return report
-    with native_stderr_silenced():  # sentencepiece logs loading its model at INFO level
-        causal_lm = keras_hub.models.CausalLM.from_preset(str(files.preset))
+    if options.stream:
+        from hf2kh.verify.stream import streamed_causal_lm
+
+        causal_lm = streamed_causal_lm(files.preset)
+    else:
+        with native_stderr_silenced():  # sentencepiece logs loading its model at INFO level
+            causal_lm = keras_hub.models.CausalLM.from_preset(str(files.preset))
     expected_cls = getattr(module, f"{ir.class_prefix}CausalLM")
     if type(causal_lm) is not expected_cls:
         raise VerificationFailed(
@@ -141,9 +161,23 @@ def verify_loaded(module, ir, files: PortFiles, hf: HFSide, options: VerifyOptio
         device=options.device,
         rtol=options.rtol,
         sublayers=sublayer_points(ir, files.parent / files.name / "weight_map.json"),
+        **_streamed_settings(options.stream),
     )
     report.environment = environment(options)
+    if options.stream:
+        from hf2kh.verify.stream import GREEDY_SKIPPED
+
+        report.notes.append(GREEDY_SKIPPED)
     return report
+
+
+def _streamed_settings(stream: bool) -> dict:
+    """A streamed verification's batch (one, short) and no greedy generation."""
+    if not stream:
+        return {}
+    from hf2kh.verify.stream import STREAMED_CASES
+
+    return {"cases": list(STREAMED_CASES), "greedy": False}
 
 
 def report_fields(verification) -> dict:
