@@ -101,6 +101,7 @@ KINDS: dict[str, tuple] = {
     # SentencePiece Unigram encoders: WhitespaceSplit + Metaspace, Precompiled normalizer
     "sp_albert_unigram": (train_sentencepiece_encoder, dict(style="albert"), "sentencepiece"),
     "sp_xlmr_unigram": (train_sentencepiece_encoder, dict(style="xlmr"), "sentencepiece"),
+    "sp_deberta_unigram": (train_sentencepiece_encoder, dict(style="deberta"), "sentencepiece"),
     # BERT's normalizer options as checkpoints set them in tokenizer_config.json
     "wordpiece_uncased_keep_accents": (
         train_wordpiece,
@@ -269,6 +270,13 @@ def test_spec_reads_the_pipeline(checkpoint, tmp_path, name):
             whitespace_split=True,
             mask_token="<mask>",
             framing=Framing(("<s>",), ("</s>", "</s>"), ("</s>",), segment_ids=False),
+        ),
+        "sp_deberta_unigram": dict(  # Metaspace alone, a normalizer that strips on the right
+            model_type="unigram",
+            whitespace_split=False,
+            prepend_scheme="always",
+            mask_token="[MASK]",
+            framing=Framing(("[CLS]",), ("[SEP]",), ("[SEP]",), segment_ids=True),
         ),
         "wordpiece_uncased_keep_accents": dict(lowercase=True, strip_accents=False),
         "wordpiece_cased_strip_accents": dict(lowercase=False, strip_accents=True),
