@@ -74,6 +74,14 @@ def test_classifier_with_separate_position_projections(hf_fixture):
     assert ir.stem.type_vocab_size == config.type_vocab_size == 2
 
 
+def test_buckets_beyond_the_usual_probe_length_are_seen():
+    """DeBERTa-v3's 256 buckets (max_relative_positions -1: the 512 positions) bucket distances
+    from 128 on: the stem is probed on more tokens than the relative table has rows."""
+    config = _tiny(position_buckets=256, max_relative_positions=-1, max_position_embeddings=512)
+    relative = _recognize(config).attention.relative
+    assert (relative.buckets, relative.max_distance, relative.span) == (256, 512, 256)
+
+
 def test_log_buckets_are_transformers_own():
     relative = torch.arange(-300, 301)[:, None] - torch.zeros(1, dtype=torch.long)
     for buckets, max_distance in ((8, 32), (256, 512), (6, 64)):

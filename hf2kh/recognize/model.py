@@ -162,7 +162,15 @@ def recognize_model(
     windows = [
         v for k, v in vars(config).items() if ("window" in k or "local" in k) and type(v) is int
     ]
-    length = min(max([64, *(2 * w + 1 for w in windows)]), 8193)
+    # and on more tokens than a relative-position table handed to the blocks has rows, so that
+    # DeBERTa's log buckets (from half the buckets on) show in the relative positions it reads
+    relative_rows = [
+        graph.value(v).shape[0]
+        for v in block_call.inputs[1:]
+        if len(graph.value(v).shape) == 2 and graph.value(v).dtype.startswith("float")
+    ]
+    spans = [*(2 * w + 1 for w in windows), *(rows + 2 for rows in relative_rows)]
+    length = min(max([64, *spans]), 8193)
     stem, length = _run_stem(
         model,
         embed,
