@@ -37,7 +37,14 @@ def test_streamed_verification_matches_in_memory(ported, hf_fixture):
     from hf2kh.port import import_generated
     from hf2kh.source import load_config, open_checkpoint
     from hf2kh.verify.decoder import verify_decoder
-    from hf2kh.verify.run import PortFiles, Reference, VerifyOptions, load_hf_side, verify
+    from hf2kh.verify.run import (
+        PortFiles,
+        Reference,
+        VerifyOptions,
+        load_hf_side,
+        report_fields,
+        verify,
+    )
     from hf2kh.verify.stream import (
         GREEDY_SKIPPED,
         STREAMED_CASES,
@@ -85,6 +92,7 @@ def test_streamed_verification_matches_in_memory(ported, hf_fixture):
     assert "generation" not in groups
     assert streamed.notes == [GREEDY_SKIPPED]
     assert streamed.environment["streamed"] is True
+    assert report_fields(streamed)["notes"] == [GREEDY_SKIPPED]  # report.json says it too
     # the layer rows compare real numbers: the logits error is not zero, and not huge
     logits = next(c for c in streamed.checks if c.name == "logits")
     assert 0 < logits.rel_elementwise < 1e-5

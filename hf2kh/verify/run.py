@@ -188,6 +188,7 @@ def report_fields(verification) -> dict:
         "first_divergence": verification.first_divergence,
         "passed": verification.passed,
         "environment": verification.environment,
+        "notes": verification.notes,  # what was not compared (streamed: greedy generation)
     }
 
 
