@@ -293,6 +293,28 @@ def test_generated_code_only_has_the_features_it_uses(ported):
     assert "embedding_scale" in gemma
 
 
+def test_attention_is_fused_only_where_the_scores_need_nothing_else(ported):
+    """`ops.dot_product_attention` computes attention whose scores need only a scale and a mask,
+    and a decoder stacks the query heads of a group along the query axis so that its cached keys
+    and values are never repeated; ALiBi (bloom), softcapped scores (gemma2) and one shared
+    key/value head (falcon's multi-query) keep the explicit float32 softmax. Each of these ports
+    verifies against HF (`test_fixture_is_verified_or_refused_with_its_reason`)."""
+
+    def attention(name: str) -> str:
+        port = ported(name)
+        assert port.cli.exit_code == 0, port.cli.describe()
+        return (port.out / port.package / f"{port.package}_attention.py").read_text()
+
+    mistral = attention("mistral")  # 4 query heads sharing 2 key/value heads
+    assert "ops.dot_product_attention(" in mistral
+    assert "ops.repeat(attention_mask, groups, axis=1)" in mistral
+    assert "repeat(key" not in mistral and "repeat(value" not in mistral
+    for name in ("bloom", "gemma2", "falcon"):
+        code = attention(name)
+        assert "ops.dot_product_attention(" not in code, name
+        assert "ops.softmax(scores" in code, name
+
+
 # ----------------------------------------------------------------------------------------------
 # Reduced precision on CPU
 # ----------------------------------------------------------------------------------------------
