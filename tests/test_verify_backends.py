@@ -22,7 +22,13 @@ from tests.fixtures.cli import run_cli
 # windows, a first layer without its attention norm, a bias-free masked-LM head; albert: one
 # block layer applied at every depth (each call's output compared); eurobert: a masked-LM head
 # that gathers the masked positions in the task and calls the backbone's untied LM head.
-FIXTURES = ("mistral", "bloom", "bert", "glm4_moe", "modernbert", "albert", "eurobert")
+# The last three run with `-m slow` only: each backend run costs 15-30 s and the default suite is
+# near its time budget; the first four cover decoders, encoders, fused and fused-kernel attention.
+SLOW = ("glm4_moe", "albert", "eurobert")
+FIXTURES = [
+    pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+    for name in ("mistral", "bloom", "bert", "modernbert", *SLOW)
+]
 ENCODERS = ("bert", "modernbert", "albert", "eurobert")  # no generation to compare
 
 

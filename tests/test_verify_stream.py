@@ -123,6 +123,7 @@ def test_streamed_conversion_writes_the_same_preset(ported, hf_fixture, tmp_path
         env=env,
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     expected = _datasets(port.out / "preset")

@@ -24,7 +24,10 @@ TOKENS = Tokens(500, {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4, "bos": 
 def test_xlm_is_refused_with_its_reason_not_a_device_crash():
     config, _ = tiny_config(ZooType("xlm", "masked_lm", "XLMWithLMHeadModel"), TOKENS)
     graph, model = build_graph_and_model(config)
-    with pytest.raises(UnsupportedModelError, match="cannot tell the MLP output projection"):
+    # XLM keeps each layer's attention, norms and MLP in separate module lists (no block module):
+    # the norm after the first attention is outside every block the recognizer can find
+    reason = "module transformer.layer_norm1.0 runs between the blocks"
+    with pytest.raises(UnsupportedModelError, match=reason):
         recognize_model(graph, model, config, name="tiny_xlm", source="xlm", revision=None)
 
 
