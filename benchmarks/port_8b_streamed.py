@@ -4,9 +4,10 @@
 14336, 32 heads / 8 key-value heads, vocabulary 128256, untied head) in bfloat16, as sharded
 safetensors with an index, and a byte-level BPE tokenizer in Llama 3's style trained by the
 tests' fixtures (its 512 ids are a part of the model's vocabulary). `run` runs
-`hf2kh port <checkpoint> --verify --dtype bfloat16` on it in a child process and reports the
-child's peak RSS (VmHWM of the port and of its conversion child, from `/usr/bin/time -v` when
-it is there, else `getrusage`), its wall time and its per-stage times (from its progress lines).
+`hf2kh port <checkpoint> --verify --dtype bfloat16` on it in a child process, with
+`benchmarks/speed.py`'s child runner, and reports the child's peak RSS (its VmHWM, and its
+conversion child's from `getrusage`), its wall time and its per-stage times (from its progress
+lines).
 
     python benchmarks/port_8b_streamed.py build /tmp/llama8b
     python benchmarks/port_8b_streamed.py run /tmp/llama8b --out /tmp/llama8b-port
@@ -18,16 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import resource
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' tokenizer fixtures, benchmarks/speed.py
 
 LLAMA3_8B = dict(
     hidden_size=4096,
@@ -52,7 +49,6 @@ def build(out: Path, seed: int = 0, **overrides) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    sys.path.insert(0, str(ROOT))
     from tests.fixtures.tokenizers import LLAMA3_STYLE, train_byte_bpe
 
     out.mkdir(parents=True, exist_ok=True)
@@ -101,55 +97,21 @@ def build(out: Path, seed: int = 0, **overrides) -> Path:
     return out
 
 
-STAGE = re.compile(r"^(?:> )?(source|inspect|recognize|audit|generate|convert|verify)\b")
-
-
 def run(checkpoint: Path, out: Path, extra: list[str]) -> dict:
-    """`hf2kh port CHECKPOINT --verify --dtype bfloat16` in a child: wall time, peak RSS, and
-    the seconds from each stage's progress line to the next."""
-    if out.exists():
-        shutil.rmtree(out)
-    command = [
-        sys.executable, "-m", "hf2kh.cli", "port", str(checkpoint), "--out", str(out),
-        "--verify", "--dtype", "bfloat16", *extra,
-    ]  # fmt: skip
-    timed = Path("/usr/bin/time").exists()
-    if timed:
-        command = ["/usr/bin/time", "-v", *command]
-    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    start = time.perf_counter()
-    stages: list[tuple[str, float]] = []
-    lines: list[str] = []
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as child:
-        for line in child.stdout:
-            now = time.perf_counter() - start
-            print(f"[{now:7.1f} s] {line}", end="", flush=True)
-            lines.append(line)
-            match = STAGE.match(line.strip())
-            if match and (not stages or stages[-1][0] != match.group(1)):
-                stages.append((match.group(1), now))
-    wall = time.perf_counter() - start
-    per_stage = {
-        name: round((stages[i + 1][1] if i + 1 < len(stages) else wall) - at, 1)
-        for i, (name, at) in enumerate(stages)
-    }
-    if stages:
-        per_stage = {"start-up": round(stages[0][1], 1), **per_stage}
-    peak_kb = None
-    for line in lines:
-        if "Maximum resident set size" in line:
-            peak_kb = int(line.rsplit(":", 1)[1])
-    if peak_kb is None:
-        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """`hf2kh port CHECKPOINT --verify --dtype bfloat16` in a child (speed.py's child runner):
+    wall time, peak RSS of the port and of its conversion child, per-stage seconds."""
+    from benchmarks.speed import port
+
+    options = ("--dtype", "bfloat16", "--force", *extra)  # --force replaces only an earlier port
+    child = port(checkpoint, out, extra=options, echo=True, check=False)
     result = {
         "returncode": child.returncode,
-        "wall_s": round(wall, 1),
-        "peak_rss_gb": round(peak_kb * 1024 / 1e9, 2),
-        "stages_s": per_stage,
-        "command": " ".join(command),
+        "wall_s": round(child.wall_s, 1),
+        "peak_rss_gb": round(max(child.peak_rss_mb, child.children_peak_rss_mb) / 1e3, 2),
+        "port_peak_rss_gb": round(child.peak_rss_mb / 1e3, 2),
+        "conversion_peak_rss_gb": round(child.children_peak_rss_mb / 1e3, 2),
+        "stages_s": {name: round(seconds, 1) for name, seconds in child.stage_s.items()},
+        "command": f"hf2kh port {checkpoint} --out {out} --verify {' '.join(options)}",
     }
     print(json.dumps(result, indent=1))
     return result

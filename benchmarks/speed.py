@@ -133,8 +133,10 @@ sys.path[:0] = {path!r}
 try:
     {body}
 finally:
+    import resource
     hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-    print(f"HF2KH_BENCH_VMHWM_KB={{hwm}}", file=sys.stderr)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(f"HF2KH_BENCH_VMHWM_KB={{hwm}} HF2KH_BENCH_CHILDREN_KB={{children}}", file=sys.stderr)
 """
 
 
@@ -144,10 +146,17 @@ class ChildRun:
     peak_rss_mb: float
     stage_s: dict[str, float] = field(default_factory=dict)
     output: str = ""
+    returncode: int = 0
+    # the largest peak among the child's own children (the port's conversion child)
+    children_peak_rss_mb: float = float("nan")
 
 
-def run_child(body: str, argv: list[str], path: list[str]) -> ChildRun:
-    """Run `body` in a fresh python; time each progress line that names a pipeline stage."""
+def run_child(
+    body: str, argv: list[str], path: list[str], echo: bool = False, check: bool = True
+) -> ChildRun:
+    """Run `body` in a fresh python; time each progress line that names a pipeline stage.
+    `echo` prints each line as it comes, with the seconds since the start; `check` raises when
+    the child fails."""
     code = CHILD.format(argv=argv, path=path, body=body)
     errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the child
     start = time.perf_counter()
@@ -163,6 +172,8 @@ def run_child(body: str, argv: list[str], path: list[str]) -> ChildRun:
     lines = []
     for line in process.stdout:
         lines.append(line)
+        if echo:
+            print(f"[{time.perf_counter() - start:7.1f} s] {line}", end="", flush=True)
         match = re.match(r"(?:> )?(\w+): ", line)
         if match and match.group(1) in STAGES:
             stages.append((match.group(1), time.perf_counter()))
@@ -171,24 +182,35 @@ def run_child(body: str, argv: list[str], path: list[str]) -> ChildRun:
     errors.seek(0)
     stderr = errors.read()
     errors.close()
-    if process.returncode != 0:
+    if check and process.returncode != 0:
         tail = (stderr or "".join(lines)).strip().splitlines()[-5:]
         raise RuntimeError(f"child failed ({process.returncode}): " + " | ".join(tail))
-    hwm = re.search(r"HF2KH_BENCH_VMHWM_KB=(\d+)", stderr)
+    hwm = re.search(r"HF2KH_BENCH_VMHWM_KB=(\d+) HF2KH_BENCH_CHILDREN_KB=(\d+)", stderr)
     stage_s = {"start-up": stages[0][1] - start} if stages else {}
     ends = [begin for _, begin in stages[1:]] + [end] if stages else []
     for (name, begin), finish in zip(stages, ends, strict=True):
         stage_s[name] = stage_s.get(name, 0.0) + finish - begin
     # VmHWM is in KiB; in MB (1e6 bytes), like the checkpoint sizes the ratios divide by
-    peak_mb = int(hwm.group(1)) * 1024 / 1e6 if hwm else float("nan")
-    return ChildRun(end - start, peak_mb, stage_s, "".join(lines))
+    kbs = hwm.groups() if hwm else ("nan", "nan")
+    peak_mb, children_mb = (float(kb) * 1024 / 1e6 for kb in kbs)
+    output = "".join(lines)
+    return ChildRun(end - start, peak_mb, stage_s, output, process.returncode, children_mb)
 
 
-def port(checkpoint: Path, out: Path, name: str, verify: bool = True) -> ChildRun:
-    argv = ["hf2kh", "port", str(checkpoint), "--out", str(out), "--name", name]
+def port(
+    checkpoint: Path,
+    out: Path,
+    name: str | None = None,
+    verify: bool = True,
+    extra: tuple[str, ...] = (),
+    **child,
+) -> ChildRun:
+    """`hf2kh port` in a child; `extra` options go to the port, `child` to `run_child`."""
+    argv = ["hf2kh", "port", str(checkpoint), "--out", str(out)]
+    argv += ["--name", name] if name else []
     argv += ["--verify"] if verify else []
     body = "runpy.run_module('hf2kh.cli', run_name='__main__')"
-    return run_child(body, argv, [str(ROOT)])
+    return run_child(body, [*argv, *extra], [str(ROOT)], **child)
 
 
 def convert_with_port(out: Path, name: str, checkpoint: Path, preset: Path) -> ChildRun:
