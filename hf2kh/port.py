@@ -195,7 +195,7 @@ def _port_into(options: PortOptions, staging: Path, out: Path, progress) -> Port
     audit_keras(table, keras_variables)
 
     progress("convert: running the generated conversion script")
-    run_conversion(staging, name, ckpt.path, preset_dir, options.dtype, stream)
+    run_conversion(staging, name, ckpt.path, preset_dir, options.dtype)
 
     result = PortResult(
         name=name,
@@ -316,11 +316,9 @@ def _keras_variables(backbone_cls, task_cls, config: dict) -> dict[str, tuple[in
     return {v.path: tuple(v.shape) for v in task.weights}
 
 
-def run_conversion(
-    parent: Path, name: str, checkpoint: Path, preset: Path, dtype: str, stream: bool = False
-) -> None:
-    """Run the generated script in a fresh interpreter, exactly as a user would (`--stream`:
-    each tensor read as the preset is written, never the whole model)."""
+def run_conversion(parent: Path, name: str, checkpoint: Path, preset: Path, dtype: str) -> None:
+    """Run the generated script in a fresh interpreter, exactly as a user would (each tensor is
+    read as the preset is written, never the whole model)."""
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
     env["PYTHONPATH"] = os.pathsep.join([str(parent), env.get("PYTHONPATH", "")])
     command = [
@@ -333,7 +331,6 @@ def run_conversion(
         str(preset),
         "--dtype",
         dtype,
-        *(["--stream"] if stream else []),
     ]
     result = subprocess.run(command, cwd=parent, env=env, capture_output=True, text=True)
     if result.returncode != 0:

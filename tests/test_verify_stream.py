@@ -1,7 +1,7 @@
-"""Streamed verification and conversion (`hf2kh.verify.stream`, the conversion script's
-`--stream`), small scale: the llama fixture's port (shared with test_port_decoders) verified with
-both models held one block at a time gives the same rows and errors as the in-memory path on the
-same batch, and the streamed conversion writes the same preset."""
+"""Streamed verification and conversion (`hf2kh.verify.stream`, and the conversion script, which
+streams by default), small scale: the llama fixture's port (shared with test_port_decoders)
+verified with both models held one block at a time gives the same rows and errors as the in-memory
+path on the same batch, and the streamed conversion writes the same preset as `--in-memory`."""
 
 import json
 import os
@@ -109,16 +109,16 @@ def test_streamed_verification_matches_in_memory(ported, hf_fixture):
     assert all(v._value is None for v in task.weights)  # read on use, never held
 
 
-def test_streamed_conversion_writes_the_same_preset(ported, hf_fixture, tmp_path):
+def test_streamed_conversion_writes_the_in_memory_preset(ported, hf_fixture, tmp_path):
     port = ported("llama")
     assert port.cli.exit_code == 0, port.cli.describe()
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     env["PYTHONPATH"] = os.pathsep.join([str(port.out), env.get("PYTHONPATH", "")])
-    preset = tmp_path / "streamed"
+    preset = tmp_path / "in_memory"  # the port's own preset is the streamed one
     script = f"{port.package}.convert_{port.package}_checkpoints"
     command = [sys.executable, "-m", script, "--checkpoint", str(hf_fixture("llama"))]
     result = subprocess.run(
-        [*command, "--preset", str(preset), "--stream"],
+        [*command, "--preset", str(preset), "--in-memory"],
         cwd=port.out,
         env=env,
         capture_output=True,
