@@ -6,9 +6,13 @@ its own: importing keras_hub, building the tokenizer and the model, reading the 
 initializing the variables, compiling, writing the weights (`save_to_preset`'s h5 file) and the
 rest of the preset. Linux only.
 
-    KERAS_BACKEND=torch python benchmarks/conversion_memory.py PORT_OUT NAME CHECKPOINT PRESET
+    KERAS_BACKEND=torch python benchmarks/conversion_memory.py PORT_OUT NAME CHECKPOINT PRESET \
+        [--in-memory]
 
-PORT_OUT is the `--out` of `hf2kh port` (it holds the package NAME); PRESET is written.
+PORT_OUT is the `--out` of `hf2kh port` (it holds the package NAME); PRESET is written. The
+script's default path streams (variables without values, each tensor read as the weights are
+written: "initialize variables" is then empty and the reads happen while saving); `--in-memory`
+measures the path that initializes every variable first.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class Phases:
 
 def main() -> None:
     port_out, name, checkpoint, preset = sys.argv[1:5]
+    stream = "--in-memory" not in sys.argv[5:]
     sys.path.insert(0, port_out)
     phases = Phases()
     phases.mark("import keras_hub")
@@ -97,7 +102,7 @@ def main() -> None:
         elif class_name.endswith(("CausalLM", "MaskedLM", "Classifier")):
             phases.around(cls, "compile", "compile the task")
             phases.around(cls, "save_to_preset", "save: task config")
-    script.convert(checkpoint, preset)
+    script.convert(checkpoint, preset, stream=stream)
     phases.mark(None)
     print(phases.table())
 
