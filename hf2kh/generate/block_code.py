@@ -38,6 +38,11 @@ class BlockCode:
                 return f"self.{name}"
         return f"self.{name}.call"
 
+    @property
+    def keeps_call(self) -> bool:
+        """Whether some sublayer (a Keras `LayerNormalization`) is called through `__call__`."""
+        return any(self.invoke(c.name) == f"self.{c.name}" for c in self.block.components)
+
     # -- build() -------------------------------------------------------------------------------
     @property
     def build_lines(self) -> list[str]:
