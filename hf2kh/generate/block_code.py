@@ -29,19 +29,22 @@ class BlockCode:
         self.shape = "encoder_sequence_shape" if ctx.encoder else SHAPE
         self.cached = not ctx.encoder
 
+    @staticmethod
+    def _keras_layer_norm(component) -> bool:
+        """Whether `component` is a Keras `LayerNormalization` (called through `__call__`)."""
+        return isinstance(component.spec, Norm) and component.spec.kind is not NormKind.RMS
+
     def invoke(self, name: str) -> str:
         """The expression that calls sublayer `name` (without its arguments): `self.name.call`,
         or `self.name` for a Keras `LayerNormalization` (see the module's docstring)."""
-        component = next((c for c in self.block.components if c.name == name), None)
-        if component is not None and isinstance(component.spec, Norm):
-            if component.spec.kind is not NormKind.RMS:
-                return f"self.{name}"
+        if self._keras_layer_norm(self.block.component(name)):
+            return f"self.{name}"
         return f"self.{name}.call"
 
     @property
     def keeps_call(self) -> bool:
         """Whether some sublayer (a Keras `LayerNormalization`) is called through `__call__`."""
-        return any(self.invoke(c.name) == f"self.{c.name}" for c in self.block.components)
+        return any(self._keras_layer_norm(c) for c in self.block.components)
 
     # -- build() -------------------------------------------------------------------------------
     @property
